@@ -1,0 +1,1 @@
+"""iVideoGPT world model as a library: tokenizer, transformer, KV-cached decoding, checkpoints."""

@@ -1,0 +1,293 @@
+"""Llama decoder with action conditioning, a reward head and an explicit KV cache.
+
+Our own Llama (RMSNorm, rotary positions, SwiGLU, no biases, untied head), numerically the
+same as ``transformers.LlamaForCausalLM`` on the same weights. Actions are projected by a
+zero-initialised Linear and added to the embedding of each future frame's ``sdf`` token;
+the reward head reads the last-layer hidden state of each frame's last token (symlog space).
+
+The cache keeps one row per sequence with its own length, so a batch may mix rows of
+different lengths: row ``b``'s new tokens sit at positions ``lengths[b], lengths[b] + 1, ...``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ivideogpt.config import TransformerConfig
+from ivideogpt.tokens import TokenLayout
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.expm1(x.abs())
+
+
+@dataclass
+class KVCache:
+    """Dense per-row cache: k, v [n_layers, B, n_heads, capacity, head_dim], lengths [B]."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    lengths: torch.Tensor
+
+    @classmethod
+    def empty(
+        cls,
+        cfg: TransformerConfig,
+        batch: int,
+        capacity: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> KVCache:
+        capacity = capacity or cfg.max_positions
+        shape = (cfg.n_layers, batch, cfg.n_heads, capacity, cfg.head_dim)
+        return cls(
+            k=torch.zeros(shape, device=device, dtype=dtype),
+            v=torch.zeros(shape, device=device, dtype=dtype),
+            lengths=torch.zeros(batch, dtype=torch.long, device=device),
+        )
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalise in fp32, scale in the input dtype (as HF Llama does)
+        h = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """HF-convention rotary embedding; ``rotate_half(x) * sin == roll(x, d/2) * sin_signed``."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        d, self.n_heads, self.head_dim = cfg.hidden_size, cfg.n_heads, cfg.head_dim
+        self.dropout = cfg.attn_dropout
+        # q, k and v in one matmul (fewer ops per decode step); checkpoint.py splits/fuses
+        self.qkv_proj = nn.Linear(d, 3 * d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        positions: torch.Tensor,
+        layer: int,
+        cache: KVCache | None,
+        write: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        h = self.n_heads
+        qkv = self.qkv_proj(x).view(b, t, 3 * h, self.head_dim).transpose(1, 2)  # [B, 3H, T, Dh]
+        q, k = apply_rope(qkv[:, : 2 * h], cos, sin).split(h, dim=1)
+        v = qkv[:, 2 * h :]
+        p = self.dropout if self.training else 0.0
+        if cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        else:
+            assert mask is not None
+            if write is None:  # every input is real: one scatter along the position axis
+                index = positions[:, None, :, None].expand_as(k)
+                cache.k[layer].scatter_(2, index, k.to(cache.k.dtype))
+                cache.v[layer].scatter_(2, index, v.to(cache.v.dtype))
+            else:  # padded rows: write only the real inputs
+                rows, steps = write
+                slots = positions[rows, steps]
+                cache.k[layer][rows, :, slots] = k.transpose(1, 2)[rows, steps].to(cache.k.dtype)
+                cache.v[layer][rows, :, slots] = v.transpose(1, 2)[rows, steps].to(cache.v.dtype)
+            span = mask.shape[-1]
+            keys = cache.k[layer, :, :, :span].to(q.dtype)
+            values = cache.v[layer, :, :, :span].to(q.dtype)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        # gate and up projections in one matmul; checkpoint.py splits/fuses
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, *attn_args) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), *attn_args)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class WorldModelTransformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.action_proj = nn.Linear(cfg.action_dim, cfg.hidden_size) if cfg.action_dim else None
+        self.reward_head = nn.Linear(cfg.hidden_size, 1) if cfg.reward_head else None
+
+        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim)
+        angles = torch.outer(torch.arange(cfg.max_positions).float(), inv_freq)
+        self.register_buffer("rope_cos", torch.cat([angles.cos(), angles.cos()], -1), persistent=False)
+        self.register_buffer("rope_sin", torch.cat([-angles.sin(), angles.sin()], -1), persistent=False)
+        self.apply(self._init_weights)
+        if self.action_proj is not None:  # an act-free model starts as an unconditioned one
+            nn.init.zeros_(self.action_proj.weight)
+            nn.init.zeros_(self.action_proj.bias)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # inputs
+    def embed_step(self, ids: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids [...] -> embeddings [..., D], plus the action projection where given."""
+        x = self.embed(ids)
+        if actions is not None:
+            x = x + self.action_embedding(actions).to(x.dtype)
+        return x
+
+    def action_embedding(self, actions: torch.Tensor) -> torch.Tensor:
+        if self.action_proj is None:
+            raise ValueError("this model is action-free (action_dim 0) but actions were given")
+        if actions.shape[-1] != self.cfg.action_dim:
+            raise ValueError(f"actions must have {self.cfg.action_dim} values, got {actions.shape[-1]}")
+        return self.action_proj(actions.to(self.action_proj.weight.dtype))
+
+    # the core pass
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        n_new: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Embeddings [B, T, D] -> final hidden states [B, T, D].
+
+        Without a cache this is the plain causal pass over positions 0..T-1. With a cache,
+        row b's first ``n_new[b]`` inputs (all T by default) are appended at its current
+        length; the remaining inputs are padding whose outputs are meaningless.
+        """
+        b, t, _ = x.shape
+        write = mask = None
+        if cache is None:
+            if t > self.cfg.max_positions:
+                raise ValueError(f"sequence of {t} tokens exceeds max_positions {self.cfg.max_positions}")
+            positions = torch.arange(t, device=x.device).expand(b, t)
+        else:
+            positions = cache.lengths[:, None] + torch.arange(t, device=x.device)
+            if n_new is None:
+                end = cache.lengths + t
+            else:
+                n_new = n_new.to(x.device)
+                end = cache.lengths + n_new
+                valid = torch.arange(t, device=x.device)[None] < n_new[:, None]
+                write = valid.nonzero(as_tuple=True)
+            span = int(end.max())
+            if span > min(cache.capacity, self.cfg.max_positions):
+                raise ValueError(
+                    f"cache row would reach {span} tokens, capacity {min(cache.capacity, self.cfg.max_positions)}"
+                )
+            key_pos = torch.arange(span, device=x.device)
+            mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, S]
+            positions = positions.clamp(max=self.cfg.max_positions - 1)  # padding inputs only
+        cos = self.rope_cos[positions][:, None].to(x.dtype)
+        sin = self.rope_sin[positions][:, None].to(x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, positions, i, cache, write, mask)
+        if cache is not None:
+            cache.lengths = end
+        return self.norm(x)
+
+    # heads
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+    def reward_symlog(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.reward_head is None:
+            raise ValueError("this model has no reward head")
+        return self.reward_head(hidden).squeeze(-1)
+
+    def reward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return symexp(self.reward_symlog(hidden).float())
+
+    # cached decoding
+    def prefill(
+        self,
+        inputs: torch.Tensor,
+        cache: KVCache,
+        n_new: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Ids [B, T] or embeddings [B, T, D] into the cache -> hidden of each row's last new token."""
+        x = self.embed(inputs) if inputs.dtype == torch.long else inputs
+        hidden = self(x, cache, n_new)
+        last = (n_new.to(hidden.device) - 1) if n_new is not None else torch.full((x.shape[0],), x.shape[1] - 1)
+        return hidden[torch.arange(x.shape[0]), last.to(hidden.device)]
+
+    def decode(self, inputs: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One new token per row: ids [B] or embeddings [B, D] -> hidden [B, D]."""
+        x = self.embed(inputs) if inputs.dtype == torch.long else inputs
+        return self(x[:, None], cache)[:, 0]
+
+    # training / full-sequence scoring
+    def forward_sequence(
+        self,
+        ids: torch.Tensor,
+        layout: TokenLayout,
+        actions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Full sequence [B, L] (tokens.py layout) -> logits [B, L, V], rewards [B, n] (symlog).
+
+        ``actions`` [B, T, A] are per frame (context frames included); future frame i gets
+        ``actions[:, c - 1 + i]`` on its sdf token (the published alignment).
+        """
+        length = ids.shape[1]
+        n_future = (length - layout.prelude_length) // layout.frame_stride
+        x = self.embed(ids)
+        if actions is not None:
+            c = layout.context_length
+            if actions.shape[1] < c - 1 + n_future:
+                raise ValueError(f"need {c - 1 + n_future} actions per sequence, got {actions.shape[1]}")
+            sdf = torch.tensor(layout.sdf_positions(n_future), device=ids.device)
+            x = x.index_add(1, sdf, self.action_embedding(actions[:, c - 1 : c - 1 + n_future]).to(x.dtype))
+        hidden = self(x)
+        rewards = None
+        if self.reward_head is not None and n_future > 0:
+            last = torch.tensor(layout.last_token_positions(n_future), device=ids.device)
+            rewards = self.reward_symlog(hidden[:, last])
+        return self.logits(hidden), rewards
