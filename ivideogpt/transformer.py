@@ -11,7 +11,7 @@ different lengths: row ``b``'s new tokens sit at positions ``lengths[b], lengths
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +29,27 @@ def symexp(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.expm1(x.abs())
 
 
-@dataclass
+class AttentionCache(Protocol):
+    """Where attention keys/values live. The model calls, per forward pass:
+    ``begin(t, n_new)`` (positions of the new inputs), ``attend`` once per layer (store the
+    new k/v, attend over everything the row may see), then ``commit()``.
+    """
+
+    def begin(self, t: int, n_new: torch.Tensor | None) -> torch.Tensor: ...
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
+
+    def commit(self) -> None: ...
+
+
 class KVCache:
     """Dense per-row cache: k, v [n_layers, B, n_heads, capacity, head_dim], lengths [B]."""
 
-    k: torch.Tensor
-    v: torch.Tensor
-    lengths: torch.Tensor
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, max_positions: int | None = None):
+        self.k, self.v, self.lengths = k, v, lengths
+        self.limit = min(self.capacity, max_positions or self.capacity)
+        self._positions = self._end = self._mask = None
+        self._write: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def empty(
@@ -52,11 +66,51 @@ class KVCache:
             k=torch.zeros(shape, device=device, dtype=dtype),
             v=torch.zeros(shape, device=device, dtype=dtype),
             lengths=torch.zeros(batch, dtype=torch.long, device=device),
+            max_positions=cfg.max_positions,
         )
 
     @property
     def capacity(self) -> int:
         return self.k.shape[3]
+
+    def begin(self, t: int, n_new: torch.Tensor | None) -> torch.Tensor:
+        device = self.lengths.device
+        positions = self.lengths[:, None] + torch.arange(t, device=device)
+        self._write = None
+        if n_new is None:
+            end = self.lengths + t
+        else:  # right-padded rows: only the first n_new[b] inputs of row b are real
+            end = self.lengths + n_new.to(device)
+            self._write = (torch.arange(t, device=device)[None] < n_new.to(device)[:, None]).nonzero(as_tuple=True)
+        span = int(end.max())
+        if span > self.limit:
+            raise ValueError(f"cache row would reach {span} tokens, capacity {self.limit}")
+        key_pos = torch.arange(span, device=device)
+        self._mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, S]
+        self._positions, self._end = positions, end
+        return positions.clamp(max=self.limit - 1)  # changes padding inputs only
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        positions, mask = self._positions, self._mask
+        assert positions is not None and mask is not None, "begin() first"
+        if self._write is None:  # every input is real: one scatter along the position axis
+            index = positions[:, None, :, None].expand_as(k)
+            self.k[layer].scatter_(2, index, k.to(self.k.dtype))
+            self.v[layer].scatter_(2, index, v.to(self.v.dtype))
+        else:  # padded rows: write only the real inputs
+            rows, steps = self._write
+            slots = positions[rows, steps]
+            self.k[layer][rows, :, slots] = k.transpose(1, 2)[rows, steps].to(self.k.dtype)
+            self.v[layer][rows, :, slots] = v.transpose(1, 2)[rows, steps].to(self.v.dtype)
+        span = mask.shape[-1]
+        keys = self.k[layer, :, :, :span].to(q.dtype)
+        values = self.v[layer, :, :, :span].to(q.dtype)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+
+    def commit(self) -> None:
+        assert self._end is not None, "begin() first"
+        self.lengths = self._end
+        self._positions = self._end = self._mask = self._write = None
 
 
 class RMSNorm(nn.Module):
@@ -86,39 +140,18 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(d, d, bias=False)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        positions: torch.Tensor,
-        layer: int,
-        cache: KVCache | None,
-        write: tuple[torch.Tensor, torch.Tensor] | None,
-        mask: torch.Tensor | None,
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int, cache: AttentionCache | None
     ) -> torch.Tensor:
         b, t, _ = x.shape
         h = self.n_heads
         qkv = self.qkv_proj(x).view(b, t, 3 * h, self.head_dim).transpose(1, 2)  # [B, 3H, T, Dh]
         q, k = apply_rope(qkv[:, : 2 * h], cos, sin).split(h, dim=1)
         v = qkv[:, 2 * h :]
-        p = self.dropout if self.training else 0.0
         if cache is None:
+            p = self.dropout if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         else:
-            assert mask is not None
-            if write is None:  # every input is real: one scatter along the position axis
-                index = positions[:, None, :, None].expand_as(k)
-                cache.k[layer].scatter_(2, index, k.to(cache.k.dtype))
-                cache.v[layer].scatter_(2, index, v.to(cache.v.dtype))
-            else:  # padded rows: write only the real inputs
-                rows, steps = write
-                slots = positions[rows, steps]
-                cache.k[layer][rows, :, slots] = k.transpose(1, 2)[rows, steps].to(cache.k.dtype)
-                cache.v[layer][rows, :, slots] = v.transpose(1, 2)[rows, steps].to(cache.v.dtype)
-            span = mask.shape[-1]
-            keys = cache.k[layer, :, :, :span].to(q.dtype)
-            values = cache.v[layer, :, :, :span].to(q.dtype)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p)
+            out = cache.attend(layer, q, k, v)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -194,44 +227,29 @@ class WorldModelTransformer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cache: KVCache | None = None,
+        cache: AttentionCache | None = None,
         n_new: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Embeddings [B, T, D] -> final hidden states [B, T, D].
 
         Without a cache this is the plain causal pass over positions 0..T-1. With a cache,
         row b's first ``n_new[b]`` inputs (all T by default) are appended at its current
-        length; the remaining inputs are padding whose outputs are meaningless.
+        length; the remaining inputs are padding whose outputs are meaningless. A cache is
+        anything with the ``AttentionCache`` methods (the engine brings its own).
         """
         b, t, _ = x.shape
-        write = mask = None
         if cache is None:
             if t > self.cfg.max_positions:
                 raise ValueError(f"sequence of {t} tokens exceeds max_positions {self.cfg.max_positions}")
             positions = torch.arange(t, device=x.device).expand(b, t)
         else:
-            positions = cache.lengths[:, None] + torch.arange(t, device=x.device)
-            if n_new is None:
-                end = cache.lengths + t
-            else:
-                n_new = n_new.to(x.device)
-                end = cache.lengths + n_new
-                valid = torch.arange(t, device=x.device)[None] < n_new[:, None]
-                write = valid.nonzero(as_tuple=True)
-            span = int(end.max())
-            if span > min(cache.capacity, self.cfg.max_positions):
-                raise ValueError(
-                    f"cache row would reach {span} tokens, capacity {min(cache.capacity, self.cfg.max_positions)}"
-                )
-            key_pos = torch.arange(span, device=x.device)
-            mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, S]
-            positions = positions.clamp(max=self.cfg.max_positions - 1)  # padding inputs only
+            positions = cache.begin(t, n_new)
         cos = self.rope_cos[positions][:, None].to(x.dtype)
         sin = self.rope_sin[positions][:, None].to(x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, positions, i, cache, write, mask)
+            x = layer(x, cos, sin, i, cache)
         if cache is not None:
-            cache.lengths = end
+            cache.commit()
         return self.norm(x)
 
     # heads
@@ -250,7 +268,7 @@ class WorldModelTransformer(nn.Module):
     def prefill(
         self,
         inputs: torch.Tensor,
-        cache: KVCache,
+        cache: AttentionCache,
         n_new: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Ids [B, T] or embeddings [B, T, D] into the cache -> hidden of each row's last new token."""
@@ -259,7 +277,7 @@ class WorldModelTransformer(nn.Module):
         last = (n_new.to(hidden.device) - 1) if n_new is not None else torch.full((x.shape[0],), x.shape[1] - 1)
         return hidden[torch.arange(x.shape[0]), last.to(hidden.device)]
 
-    def decode(self, inputs: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def decode(self, inputs: torch.Tensor, cache: AttentionCache) -> torch.Tensor:
         """One new token per row: ids [B] or embeddings [B, D] -> hidden [B, D]."""
         x = self.embed(inputs) if inputs.dtype == torch.long else inputs
         return self(x[:, None], cache)[:, 0]

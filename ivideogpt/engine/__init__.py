@@ -1,0 +1,17 @@
+"""Rollout engine: stateful sessions with one KV cache each, batched token steps across sessions."""
+
+from ivideogpt.engine.config import EngineConfig
+from ivideogpt.engine.engine import RolloutEngine
+from ivideogpt.engine.errors import CapacityError, EngineError, InvalidInput, SessionNotFound
+from ivideogpt.engine.session import SessionHistory, StepRecord
+
+__all__ = [
+    "CapacityError",
+    "EngineConfig",
+    "EngineError",
+    "InvalidInput",
+    "RolloutEngine",
+    "SessionHistory",
+    "SessionNotFound",
+    "StepRecord",
+]

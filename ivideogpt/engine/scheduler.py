@@ -1,0 +1,211 @@
+"""The scheduler: one thread that runs every token step of every session and imagine fork.
+
+Each iteration forms one batch from all active jobs (a session's step is one row, an imagine
+is K rows), runs one decode step of the transformer for all of them, samples, and advances
+each job; jobs submitted meanwhile join at the next iteration (continuous batching). Work
+that must not interleave with token steps (prefills at open/restore/re-anchor, closing)
+runs on the same thread between iterations, so the model and the cache pool have exactly
+one user.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ivideogpt.engine.kv_cache import BatchCache, ForkGroup, KVCachePool, SessionRow
+from ivideogpt.model import WorldModel
+from ivideogpt.sampling import SamplingParams, draw_uniforms, sample_tokens
+
+
+@dataclass(eq=False)
+class Job:
+    """Rows that advance together, frame by frame: a session step (K=1) or an imagine (K forks).
+
+    The engine fills in the hooks: ``before_frame`` (re-anchoring, generators), ``on_frame``
+    (rewards, pixels, history) and ``on_end``.
+    """
+
+    k: int
+    actions: torch.Tensor | None  # [K, h, A], or None for an action-free model
+    horizon: int
+    sampling: SamplingParams
+    before_frame: Callable[[Job], None]
+    on_frame: Callable[[Job, torch.Tensor, torch.Tensor | None], None]
+    on_end: Callable[[Job, BaseException | None], None]
+    session_row: SessionRow | None = None  # K == 1 on a session's slot
+    fork_group: ForkGroup | None = None  # K forks sharing a session's prefix
+    generators: list[torch.Generator] = field(default_factory=list)
+    frame: int = 0
+    phase: int = 0  # 0: feed sdf + action; 1..16: feed sampled token phase
+    next_ids: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None  # [K, F] of the current frame
+
+
+class Scheduler:
+    def __init__(self, model: WorldModel, pool: KVCachePool, max_rows: int):
+        self.model, self.pool, self.max_rows = model, pool, max_rows
+        self.layout = model.layout
+        self._tasks: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
+        self._new_jobs: queue.Queue[Job] = queue.Queue()
+        self._active: list[Job] = []
+        self._wake = threading.Event()
+        self._stop = False
+        self.batch_rows_last = 0
+        self.batch_rows_peak = 0
+        self._thread = threading.Thread(target=self._loop, name="ivideogpt-scheduler", daemon=True)
+        self._thread.start()
+
+    # called from any thread
+    def run_exclusive(self, fn: Callable[[], Any]) -> Any:
+        """Run fn on the scheduler thread between token steps and return its result."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        fut: Future = Future()
+        self._tasks.put((fn, fut))
+        self._wake.set()
+        return fut.result()
+
+    def submit(self, job: Job) -> None:
+        self._new_jobs.put(job)
+        self._wake.set()
+
+    def shutdown(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    @property
+    def active_rows(self) -> int:
+        return sum(j.k for j in self._active)
+
+    # the loop
+    def _loop(self) -> None:
+        while not self._stop:
+            self._run_tasks()
+            self._admit()
+            if not self._active:
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+                continue
+            try:
+                with torch.inference_mode():
+                    self._token_step()
+            except BaseException as exc:  # fail the jobs of this batch, keep serving
+                for job in self._active:
+                    job.on_end(job, exc)
+                self._active = []
+
+    def _run_tasks(self) -> None:
+        while True:
+            try:
+                fn, fut = self._tasks.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                with torch.inference_mode():
+                    fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    def _admit(self) -> None:
+        while self.active_rows < self.max_rows:
+            try:
+                job = self._new_jobs.get_nowait()
+            except queue.Empty:
+                return
+            if self._start_frame(job):
+                self._active.append(job)
+
+    def _start_frame(self, job: Job) -> bool:
+        """Prepare the job's next frame; False (and the job ended) if the engine refused it."""
+        try:
+            job.before_frame(job)
+        except BaseException as exc:
+            job.on_end(job, exc)
+            return False
+        job.phase = 0
+        job.tokens = torch.empty(job.k, self.layout.future_tokens, dtype=torch.long)
+        return True
+
+    def _token_step(self) -> None:
+        trm, lay = self.model.transformer, self.layout
+        device = self.pool.k.device
+        jobs = list(self._active)
+        ids, sessions, forks, act_rows, actions = [], [], [], [], []
+        row = 0
+        for job in jobs:
+            if job.phase == 0:
+                ids.append(torch.full((job.k,), lay.sdf_id))
+                if job.actions is not None:
+                    act_rows.append(torch.arange(row, row + job.k))
+                    actions.append(job.actions[:, job.frame])
+            else:
+                ids.append(job.next_ids)
+            if job.session_row is not None:
+                job.session_row.row = row
+                sessions.append(job.session_row)
+            else:
+                assert job.fork_group is not None
+                job.fork_group.rows = slice(row, row + job.k)
+                forks.append(job.fork_group)
+            row += job.k
+        self.batch_rows_last = row
+        self.batch_rows_peak = max(self.batch_rows_peak, row)
+
+        x = trm.embed(torch.cat(ids).to(device))
+        if actions:
+            rows = torch.cat(act_rows).to(device)
+            x[rows] = x[rows] + trm.action_embedding(torch.cat(actions).to(device)).to(x.dtype)
+        hidden = trm(x[:, None], BatchCache(self.pool, sessions, forks))[:, 0]
+
+        sampling_rows = [j for j in jobs if j.phase < lay.future_tokens]
+        logits = None
+        if sampling_rows:
+            sel = torch.cat([self._rows_of(j) for j in sampling_rows]).to(device)
+            logits = trm.logits(hidden[sel]).float().cpu()
+        allowed = (lay.future_offset, lay.future_offset + lay.future_codebook_size)
+        offset = 0
+        ended: list[tuple[Job, BaseException | None]] = []
+        for job in jobs:
+            if job.phase < lay.future_tokens:
+                assert logits is not None
+                job_logits = logits[offset : offset + job.k]
+                offset += job.k
+                uniforms = None if job.sampling.greedy else draw_uniforms(job.generators)
+                token = sample_tokens(job_logits, job.sampling, uniforms, allowed)
+                assert job.tokens is not None
+                job.tokens[:, job.phase] = token
+                job.next_ids = token
+                job.phase += 1
+                continue
+            # this step fed the frame's last token: its hidden state gives the reward
+            h = hidden[self._rows_of(job).to(device)]
+            rewards = trm.reward(h).cpu() if trm.reward_head is not None else None
+            assert job.tokens is not None
+            try:
+                job.on_frame(job, job.tokens, rewards)
+            except BaseException as exc:
+                ended.append((job, exc))
+                continue
+            job.frame += 1
+            if job.frame >= job.horizon:
+                ended.append((job, None))
+            elif not self._start_frame(job):
+                self._active.remove(job)
+        for job, exc in ended:
+            self._active.remove(job)
+            job.on_end(job, exc)
+
+    @staticmethod
+    def _rows_of(job: Job) -> torch.Tensor:
+        if job.session_row is not None:
+            return torch.tensor([job.session_row.row])
+        assert job.fork_group is not None
+        return torch.arange(job.fork_group.rows.start, job.fork_group.rows.stop)

@@ -1,0 +1,220 @@
+import dataclasses
+import threading
+import time
+
+import pytest
+import torch
+
+from conftest import small_config
+from ivideogpt.engine import CapacityError, EngineConfig, InvalidInput, RolloutEngine, SessionNotFound
+from ivideogpt.engine.kv_cache import KVCachePool
+from ivideogpt.model import WorldModel
+from ivideogpt.sampling import SamplingParams
+
+R = 32  # small_config frames are 32x32, 3-dim actions
+
+
+def make_model(max_positions: int | None = None) -> WorldModel:
+    torch.manual_seed(0)
+    cfg = small_config()
+    if max_positions:
+        cfg.transformer = dataclasses.replace(cfg.transformer, max_positions=max_positions)
+    model = WorldModel(cfg).eval()
+    with torch.no_grad():  # actions start at zero: give them a real effect
+        torch.nn.init.normal_(model.transformer.action_proj.weight, std=0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model() -> WorldModel:
+    return make_model()
+
+
+@pytest.fixture
+def engine(model: WorldModel):
+    eng = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20))
+    yield eng
+    eng.shutdown()
+
+
+def context(seed: int) -> torch.Tensor:
+    return torch.rand(2, 3, R, R, generator=torch.Generator().manual_seed(seed))
+
+
+def actions(seed: int, h: int, k: int | None = None) -> torch.Tensor:
+    shape = (h, 3) if k is None else (k, h, 3)
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def tokens(eng: RolloutEngine, sid: str) -> list[list[int]]:
+    return [s.tokens for s in eng.history(sid).steps]
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_session_in_a_busy_batch_equals_the_session_alone(model: WorldModel, greedy: bool) -> None:
+    sampling = SamplingParams(seed=11, greedy=greedy)
+    alone = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20))
+    sid = alone.open(context(0), sampling)
+    ref = alone.step(sid, actions(1, 4))
+    ref_tokens = tokens(alone, sid)
+    alone.shutdown()
+
+    busy = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20))
+    others = [busy.open(context(10 + i), SamplingParams(seed=i)) for i in range(7)]
+    for i, o in enumerate(others[1:], start=1):  # the others sit at different lengths
+        busy.step(o, actions(20 + i, i))
+    sid = busy.open(context(0), sampling)
+    threads = [threading.Thread(target=busy.step, args=(o, actions(30 + i, 8))) for i, o in enumerate(others)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)  # the others are mid-rollout when this session's step joins
+    got = busy.step(sid, actions(1, 4))
+    for t in threads:
+        t.join()
+    got_tokens, peak = tokens(busy, sid), busy.scheduler.batch_rows_peak
+    busy.shutdown()
+
+    assert peak == 8, "the session never shared a batch with all 7 others"
+    assert got_tokens == ref_tokens
+    assert torch.equal(got.frames, ref.frames)
+    assert torch.allclose(got.rewards, ref.rewards, atol=1e-5)
+
+
+def test_imagine_leaves_the_session_unchanged_and_forks_equal_sessions(model: WorldModel) -> None:
+    eng = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20))
+    sampling = SamplingParams(seed=5)
+    sid = eng.open(context(0), sampling)
+    eng.step(sid, actions(1, 2))
+    before = eng.history(sid)
+    seqs = actions(2, 3, k=4)
+    imagined = eng.imagine(sid, seqs, return_frames=True)
+    assert imagined.rewards.shape == (4, 3) and imagined.frames.shape == (4, 3, 3, R, R)
+    assert eng.history(sid).to_dict() == before.to_dict()
+    after = eng.step(sid, actions(3, 2))
+
+    ref = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20))
+    twin = ref.restore(before)
+    assert torch.equal(ref.step(twin, actions(3, 2)).frames, after.frames)  # the step it would have taken
+    for k in range(4):  # fork k = a session on the same state, random stream k, stepped with sequence k
+        forked = ref.restore(dataclasses.replace(before, stream=k))
+        out = ref.step(forked, seqs[k])
+        assert torch.allclose(out.rewards, imagined.rewards[k], atol=1e-4), k
+        assert (out.frames - imagined.frames[k]).abs().max() < 1e-4, k
+    assert eng.pool.used_blocks == eng.pool.blocks_for(model.cfg.transformer.max_positions)  # forks freed
+    eng.shutdown()
+    ref.shutdown()
+
+
+def test_imagine_stores_the_shared_prefix_once(model: WorldModel) -> None:
+    eng = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20, block_size=1))
+    sid = eng.open(context(0))
+    eng.pool.reset_peak()
+    eng.imagine(sid, actions(1, 2, k=32))
+    suffixes = 32 * 2 * eng.layout.frame_stride
+    assert eng.pool.peak_used_blocks == model.cfg.transformer.max_positions + suffixes
+    eng.shutdown()
+
+
+def test_restore_continues_exactly_like_the_original(model: WorldModel) -> None:
+    eng = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20))
+    sid = eng.open(context(3), SamplingParams(seed=9))
+    eng.step(sid, actions(4, 10))
+    history = eng.history(sid)
+    original = eng.step(sid, actions(5, 5))
+    eng.close(sid)
+    restored = eng.restore(history)
+    again = eng.step(restored, actions(5, 5))
+    assert tokens(eng, restored) == [s.tokens for s in history.steps] + tokens(eng, restored)[10:]
+    assert torch.equal(again.frames, original.frames)
+    assert torch.allclose(again.rewards, original.rewards, atol=1e-5)
+    assert eng.stats()["restores"] == 1
+    eng.shutdown()
+
+
+def test_long_session_reanchors_and_restores_across_anchors() -> None:
+    model = make_model(max_positions=129 + 17 * 3)  # three future frames per anchor
+    eng = RolloutEngine(model, EngineConfig(cache_bytes=16 << 20))
+    sid = eng.open(context(0), SamplingParams(seed=2))
+    out = eng.step(sid, actions(6, 8))
+    assert out.frames.shape == (8, 3, R, R) and out.rewards.shape == (8,)
+    history = eng.history(sid)
+    assert history.reanchors == [3, 6]
+    more = eng.step(sid, actions(7, 2))
+    restored = eng.restore(history)
+    again = eng.step(restored, actions(7, 2))
+    assert torch.equal(more.frames, again.frames)
+    # imagine also works right at the limit (it re-anchors first)
+    assert eng.imagine(restored, actions(8, 3, k=2)).rewards.shape == (2, 3)
+    eng.shutdown()
+
+
+def test_capacity_and_ttl_eviction(model: WorldModel) -> None:
+    pool = KVCachePool(model.cfg.transformer, 64 << 20, 16)
+    two_sessions = 2 * pool.blocks_for(model.cfg.transformer.max_positions) * pool.bytes_per_block
+    eng = RolloutEngine(model, EngineConfig(cache_bytes=two_sessions, session_ttl_s=3600))
+    a = eng.open(context(0))
+    eng.open(context(1))
+    with pytest.raises(CapacityError):
+        eng.open(context(2))
+    eng.close(a)
+    c = eng.open(context(2))
+    with pytest.raises(CapacityError):  # no room for imagine's suffixes either
+        eng.imagine(c, actions(0, 2, k=4))
+    eng.config.session_ttl_s = 0.0
+    time.sleep(0.01)
+    assert len(eng.evict_idle()) == 2
+    assert eng.pool.used_blocks == 0 and eng.stats()["evictions"] == 2
+    with pytest.raises(SessionNotFound):
+        eng.step(c, actions(0, 1))
+    eng.shutdown()
+
+
+def test_bad_inputs_raise_typed_errors_and_leave_others_untouched(model: WorldModel) -> None:
+    eng = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20, max_horizon=8, max_imagine=4))
+    bystander = eng.open(context(0), SamplingParams(seed=1))
+    eng.step(bystander, actions(0, 2))
+    snapshot = eng.history(bystander)
+    victim = eng.open(context(1))
+
+    cases = [
+        (lambda: eng.step("nope", actions(0, 1)), SessionNotFound, None),
+        (lambda: eng.step(victim, torch.zeros(2, 4)), InvalidInput, "actions"),
+        (lambda: eng.step(victim, torch.zeros(3)), InvalidInput, "actions"),
+        (lambda: eng.step(victim, torch.tensor([[0.0, float("nan"), 0.0]])), InvalidInput, "actions"),
+        (lambda: eng.step(victim, torch.zeros(9, 3)), InvalidInput, "actions"),
+        (lambda: eng.imagine(victim, torch.zeros(5, 2, 3)), InvalidInput, "action_sequences"),
+        (lambda: eng.imagine(victim, torch.zeros(2, 2, 2)), InvalidInput, "action_sequences"),
+        (lambda: eng.open(torch.rand(2, 3, 16, 16)), InvalidInput, "context_frames"),
+        (lambda: eng.open(torch.rand(3, 3, R, R)), InvalidInput, "context_frames"),
+        (lambda: eng.open(torch.full((2, 3, R, R), 2.0)), InvalidInput, "context_frames"),
+        (lambda: eng.open(context(0), SamplingParams(temperature=-1)), InvalidInput, "sampling"),
+    ]
+    for call, error, field in cases:
+        with pytest.raises(error) as info:
+            call()
+        if field:
+            assert info.value.field == field and field in str(info.value)
+    assert eng.history(bystander).to_dict() == snapshot.to_dict()
+    assert eng.history(victim).steps == []
+
+    ref = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20))
+    twin = ref.restore(snapshot)
+    assert torch.equal(eng.step(bystander, actions(9, 2)).frames, ref.step(twin, actions(9, 2)).frames)
+    eng.shutdown()
+    ref.shutdown()
+
+
+def test_step_stream_yields_frames_one_by_one(engine: RolloutEngine) -> None:
+    sid = engine.open(context(0))
+    seen = [r.step_index for r in engine.step_stream(sid, actions(0, 3))]
+    assert seen == [0, 1, 2]
+    assert engine.model_info()["tokens_per_frame"] == 16
+
+
+def test_bf16_engine_runs(model: WorldModel) -> None:
+    eng = RolloutEngine(make_model(), EngineConfig(cache_bytes=32 << 20, dtype="bfloat16"))
+    sid = eng.open(context(0))
+    out = eng.step(sid, actions(0, 2))
+    assert out.frames.dtype == torch.float32 and out.frames.shape == (2, 3, R, R)
+    assert eng.imagine(sid, actions(1, 2, k=3)).rewards.shape == (3, 2)
+    eng.shutdown()
