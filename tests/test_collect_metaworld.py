@@ -1,0 +1,79 @@
+"""Collection from a real Meta-World environment, rendered offscreen (EGL) on the CPU."""
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is imported
+
+import json
+
+import numpy as np
+import pytest
+
+from training.collect_metaworld import POLICY_CYCLE, collect
+from training.data import load_episodes
+
+STEPS = 6
+
+
+def _collect(out, seed=0, episodes=2):
+    return collect(out, tasks=("reach-v3",), episodes=episodes, steps=STEPS, seed=seed, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mw")
+    return out, _collect(out)
+
+
+def _upright(frame: np.ndarray) -> bool:
+    """The corner camera sees a uniform grey wall at the top and the brown table below."""
+    top = frame[0:8, 32:64].reshape(-1, 3).astype(float)
+    table = frame[40:52, 16:48].reshape(-1, 3).astype(float)
+    grey = top.std(0).max() < 3 and abs(top.mean(0)[0] - top.mean(0)[2]) < 10
+    brown = table.mean(0)[0] - table.mean(0)[2] > 20
+    return bool(grey and brown)
+
+
+def test_shapes_dtypes_and_manifest(collected):
+    out, manifest = collected
+    assert manifest["episodes"] == 2 and manifest["image_size"] == 64 and manifest["action_dim"] == 4
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert [s["path"] for s in on_disk["shards"]] == ["reach-v3/ep00000.npz", "reach-v3/ep00001.npz"]
+    assert on_disk["seed"] == 0 and on_disk["camera"] == "corner" and on_disk["action_repeat"] == 2
+    assert on_disk["policy_mix"]["cycle"] == list(POLICY_CYCLE)
+    for ep in load_episodes(out):
+        assert ep.frames.shape == (STEPS + 1, 64, 64, 3) and ep.frames.dtype == np.uint8
+        assert ep.actions.shape == (STEPS + 1, 4) and ep.actions.dtype == np.float32
+        assert ep.rewards.shape == (STEPS + 1,) and ep.rewards.dtype == np.float32
+        assert np.abs(ep.actions).max() <= 1 and not ep.actions[-1].any()  # last row: no next frame
+        assert ep.rewards[0] == 0 and (ep.rewards[1:] > 0).all()  # dense reward after each step
+        assert np.abs(np.diff(ep.frames.astype(int), axis=0)).sum() > 0  # the arm moves
+
+
+def test_frames_are_upright(collected):
+    out, _ = collected
+    frame = load_episodes(out)[0].frames[0]
+    assert _upright(frame)
+    assert not _upright(frame[::-1])  # the check can tell
+
+
+def test_deterministic_for_a_seed(collected, tmp_path):
+    out, _ = collected
+    _collect(tmp_path / "again")
+    _collect(tmp_path / "other", seed=1)
+    a, b, c = load_episodes(out), load_episodes(tmp_path / "again"), load_episodes(tmp_path / "other")
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.frames, y.frames)
+        np.testing.assert_array_equal(x.actions, y.actions)
+        np.testing.assert_array_equal(x.rewards, y.rewards)
+    assert not np.array_equal(a[0].frames, c[0].frames)  # another seed, another goal position
+
+
+def test_resume_skips_finished_shards(tmp_path):
+    _collect(tmp_path)
+    done, missing = tmp_path / "reach-v3/ep00000.npz", tmp_path / "reach-v3/ep00001.npz"
+    missing.unlink()
+    os.utime(done, (1, 1))  # a marker: rewriting the shard would reset its mtime
+    manifest = _collect(tmp_path)
+    assert done.stat().st_mtime == 1
+    assert missing.is_file() and manifest["episodes"] == 2

@@ -1,0 +1,174 @@
+"""A few steps of each training script on a tiny generated shard set: the loss goes down,
+checkpoints are written, and a stopped run resumes to the same weights."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import small_config
+from ivideogpt import checkpoint
+from ivideogpt.model import WorldModel
+from training import loop, train_tokenizer, train_transformer
+
+SIZE, T = 32, 14
+
+
+def make_shards(folder, episodes=8, seed=0) -> None:
+    """A yellow square moved by the first two action dims; reward = -distance to the centre."""
+    rng = np.random.default_rng(seed)
+    shards = []
+    for e in range(episodes):
+        pos = rng.uniform(8, SIZE - 8, 2)
+        frames, actions, rewards = [], [], [0.0]
+        for t in range(T):
+            img = np.full((SIZE, SIZE, 3), (30, 40, 90), np.uint8)
+            x, y = pos.astype(int)
+            img[y - 3 : y + 3, x - 3 : x + 3] = (250, 210, 20)
+            frames.append(img)
+            a = rng.uniform(-1, 1, 4).astype(np.float32)
+            pos = np.clip(pos + 2.5 * a[:2], 4, SIZE - 4)
+            actions.append(a)
+            if t < T - 1:
+                rewards.append(-float(np.linalg.norm(pos - SIZE / 2)) / 4)
+        actions[-1] = np.zeros(4, np.float32)
+        name = f"square/ep{e:03d}.npz"
+        (folder / "square").mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            folder / name,
+            frames=np.stack(frames),
+            actions=np.stack(actions),
+            rewards=np.asarray(rewards, np.float32),
+            success=np.asarray(False),
+        )
+        shards.append({"path": name})
+    (folder / "manifest.json").write_text(json.dumps({"shards": shards}))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    make_shards(root / "data")
+    torch.manual_seed(0)
+    checkpoint.save(WorldModel(small_config(action_dim=4, reward_head=True)), root / "init")
+    return root
+
+
+def tok_args(root, run, steps, *extra):
+    return [
+        *("--data", str(root / "data"), "--run", str(run), "--init", str(root / "init")),
+        *("--no-freeze-codebooks", "--steps", str(steps), "--batch", "4", "--horizon", "6", "--n-future", "2"),
+        *("--lr", "3e-3", "--warmup", "1", "--log-every", "1", "--eval-every", "4", "--ckpt-every", "4"),
+        *("--heldout-fraction", "0.2", "--threads", "1", "--no-progress", "--dtype", "fp32", *extra),
+    ]
+
+
+def trm_args(root, run, steps, *extra):
+    return [
+        *("--data", str(root / "data"), "--run", str(run), "--init", str(root / "init")),
+        *("--tokenizer", str(root / "tok" / "checkpoint"), "--steps", str(steps), "--batch", "4"),
+        *("--n-future", "4", "--stride", "2", "--lr", "3e-3", "--warmup", "1", "--log-every", "1"),
+        *("--eval-every", "4", "--ckpt-every", "4", "--heldout-fraction", "0.2", "--threads", "1"),
+        *("--no-progress", "--tokenize-dtype", "fp32", *extra),
+    ]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(setup):
+    run = setup / "tok"
+    train_tokenizer.train(train_tokenizer.parse_args(tok_args(setup, run, 24)))
+    return run
+
+
+def test_tokenizer_loss_goes_down_and_checkpoint_loads(tokenizer_run):
+    records = loop.read_metrics(tokenizer_run)
+    assert [r["step"] for r in records] == list(range(1, 25))
+    first = np.mean([r["l1_context"] + r["l1_future"] for r in records[:3]])
+    last = np.mean([r["l1_context"] + r["l1_future"] for r in records[-3:]])
+    assert last < 0.7 * first
+    assert "psnr_future" in records[3] and "codes_used_future" in records[3]
+    model = checkpoint.load(tokenizer_run / "checkpoint")  # our format, config included
+    assert model.cfg.tokenizer.resolution == SIZE
+    assert (tokenizer_run / "loss.png").stat().st_size > 0
+
+
+def _state(path):
+    return checkpoint.load(path).state_dict()
+
+
+def test_tokenizer_resumes_to_the_same_weights(setup):
+    whole, parts = setup / "tok_whole", setup / "tok_parts"
+    train_tokenizer.train(train_tokenizer.parse_args(tok_args(setup, whole, 8, "--restart-every", "0")))
+    train_tokenizer.train(
+        train_tokenizer.parse_args(tok_args(setup, parts, 8, "--restart-every", "0", "--stop-after", "5"))
+    )
+    state = torch.load(parts / "checkpoint" / "train_state.pt", weights_only=False)
+    assert state["step"] == 5  # stopped as a kill would, with its checkpoint
+    train_tokenizer.train(train_tokenizer.parse_args(tok_args(setup, parts, 8, "--restart-every", "0")))
+    a, b = _state(whole / "checkpoint"), _state(parts / "checkpoint")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    assert [r["step"] for r in loop.read_metrics(parts)] == list(range(1, 9))
+
+
+def test_frozen_codebooks_stay_fixed(setup, tokenizer_run):
+    run = setup / "tok_frozen"
+    args = tok_args(setup, run, 3)
+    args[args.index("--init") + 1] = str(tokenizer_run / "checkpoint")
+    args.remove("--no-freeze-codebooks")  # fine-tuning freezes codebooks by default
+    train_tokenizer.train(train_tokenizer.parse_args(args))
+    before, after = _state(tokenizer_run / "checkpoint"), _state(run / "checkpoint")
+    for k in ("tokenizer.quantize.embedding.weight", "tokenizer.dynamics_quantize.embedding.weight"):
+        torch.testing.assert_close(before[k], after[k])
+    assert not torch.equal(before["tokenizer.encoder.conv_in.weight"], after["tokenizer.encoder.conv_in.weight"])
+
+
+def test_transformer_loss_goes_down_resumes_and_exports(setup, tokenizer_run):
+    whole, parts = setup / "trm_whole", setup / "trm_parts"
+    train_transformer.train(train_transformer.parse_args(trm_args(setup, whole, 16, "--export", str(setup / "exp"))))
+    records = loop.read_metrics(whole)
+    assert np.mean([r["ce"] for r in records[-3:]]) < np.mean([r["ce"] for r in records[:3]]) - 0.5
+    assert "val_ce" in records[3] and "val_reward_mse" in records[3]
+    exported = checkpoint.load(setup / "exp")
+    assert exported.cfg.transformer.action_dim == 4 and exported.cfg.transformer.reward_head
+    # the tokenizer stayed frozen
+    torch.testing.assert_close(
+        exported.tokenizer.state_dict()["cond_decoder.conv_out.weight"],
+        checkpoint.load(tokenizer_run / "checkpoint").tokenizer.state_dict()["cond_decoder.conv_out.weight"],
+    )
+
+    train_transformer.train(train_transformer.parse_args(trm_args(setup, parts, 16, "--stop-after", "6")))
+    train_transformer.train(train_transformer.parse_args(trm_args(setup, parts, 16)))
+    a, b = _state(whole / "checkpoint"), _state(parts / "checkpoint")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def test_cross_entropy_targets_only_future_tokens_and_later_sdf():
+    model = WorldModel(small_config(action_dim=4))
+    layout, trm = model.layout, model.transformer
+    n = 3
+    g = torch.Generator().manual_seed(0)
+    ctx = torch.randint(layout.context_codebook_size, (2, layout.context_length, layout.context_tokens), generator=g)
+    fut = torch.randint(layout.future_codebook_size, (2, n, layout.future_tokens), generator=g)
+    ids = layout.build(ctx, fut)
+    actions = torch.randn(2, layout.context_length + n, 4)
+    losses = train_transformer.sequence_losses(trm, layout, ids, actions, torch.zeros(2, n))
+    logits, _ = trm.forward_sequence(ids, layout, actions)
+    p = layout.prelude_length
+    # logits at t predict ids[t + 1]; the first target is the first future token (after the
+    # first sdf at P), the sdf tokens of frames 1.. are targets too
+    expected = F.cross_entropy(logits[:, p:-1].flatten(0, 1), ids[:, p + 1 :].flatten())
+    torch.testing.assert_close(losses["ce"], expected)
+    assert (ids[:, p + 1 :] == layout.sdf_id).sum() == 2 * (n - 1)
+
+
+def test_new_action_dim_gets_a_zero_initialised_layer():
+    model = WorldModel(small_config(action_dim=4))
+    train_transformer.adapt_heads(model.transformer, action_dim=2, reward_head=None)
+    assert model.cfg.transformer.action_dim == 2
+    proj = model.transformer.action_proj
+    assert proj.in_features == 2 and not proj.weight.any() and not proj.bias.any()
+    model.cfg.validate()

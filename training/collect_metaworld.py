@@ -1,0 +1,256 @@
+"""Collect Meta-World trajectories: ``python -m training.collect_metaworld``.
+
+Real ``metaworld`` tasks rendered offscreen on the CPU (EGL) from the ``corner`` camera at
+64x64, action repeat 2, with a mix of scripted, noisy scripted and random policies. One
+episode per shard (``<task>/ep<index>.npz``), written atomically, so a re-run skips the
+shards that exist; a JSON manifest lists them. Every episode's randomness (object/goal
+position, policy, noise) comes from ``(seed, task, episode)``, so a seed fixes the data.
+
+Storage convention (docs/DATA.md): ``frames[t]`` is the observation at step t (``frames[0]``
+after reset), ``actions[t]`` the action taken at frame t (leading to frame t + 1; the last
+row is zero), ``rewards[t]`` the reward received on entering frame t (``rewards[0] = 0``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is imported: no display here
+
+import argparse
+import json
+import multiprocessing as mp
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+COLLECTION_VERSION = 1
+DEFAULT_TASKS = (
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "button-press-topdown-v3",
+    "drawer-open-v3",
+    "door-open-v3",
+)
+# policy of episode i is POLICY_CYCLE[i % len(POLICY_CYCLE)]: 40% expert, 40% noisy, 20% random
+POLICY_CYCLE = ("expert", "noisy", "random", "expert", "noisy")
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    task: str
+    index: int
+    seed: int  # the collection seed
+    steps: int  # agent steps; the episode has steps + 1 frames
+    resolution: int
+    action_repeat: int
+    noise_std: float
+    camera: str
+
+    @property
+    def policy(self) -> str:
+        return POLICY_CYCLE[self.index % len(POLICY_CYCLE)]
+
+    @property
+    def episode_seed(self) -> int:
+        """Stable across processes and Python runs (no ``hash()``, which is salted)."""
+        return int(np.random.SeedSequence([self.seed, zlib.crc32(self.task.encode()), self.index]).generate_state(1)[0])
+
+    @property
+    def shard_name(self) -> str:
+        return f"{self.task}/ep{self.index:05d}.npz"
+
+
+class Renderer:
+    """A Meta-World task and a fast offscreen renderer (no shadows, reflections or MSAA)."""
+
+    def __init__(self, task: str, resolution: int, camera: str):
+        import mujoco
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+        env = ALL_V3_ENVIRONMENTS[task]()
+        # the goal-observable setup (the scripted policies read the goal from the observation),
+        # with a new object/goal position drawn from env.np_random at every reset
+        env._partially_observable = False
+        env._freeze_rand_vec = False
+        env.seeded_rand_vec = True
+        env._set_task_called = True
+        del env.sawyer_observation_space  # cached for the partially observable layout
+        env.max_path_length = 10**6  # we end episodes ourselves
+        env.model.vis.quality.shadowsize = 0
+        env.model.vis.quality.offsamples = 0
+        self.env = env
+        self.camera = camera
+        self.renderer = mujoco.Renderer(env.model, resolution, resolution)
+        self.renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        self.renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+
+    def frame(self) -> np.ndarray:
+        self.renderer.update_scene(self.env.data, camera=self.camera)
+        return self.renderer.render()[::-1].copy()  # MuJoCo's image rows are bottom-up
+
+
+_RENDERERS: dict[tuple[str, int, str], Renderer] = {}
+
+
+def run_episode(spec: EpisodeSpec) -> dict[str, np.ndarray]:
+    """One episode -> the shard's arrays."""
+    import warnings
+
+    from metaworld.policies import ENV_POLICY_MAP
+
+    key = (spec.task, spec.resolution, spec.camera)
+    if key not in _RENDERERS:  # one environment per task and worker process
+        _RENDERERS[key] = Renderer(spec.task, spec.resolution, spec.camera)
+    r = _RENDERERS[key]
+    seed = spec.episode_seed
+    rng = np.random.default_rng(seed)
+    r.env.seed(seed % 2**31)
+    obs, _ = r.env.reset()
+    expert = ENV_POLICY_MAP[spec.task]()
+
+    frames = [r.frame()]
+    actions, rewards, success = [], [0.0], False
+    for _ in range(spec.steps):
+        if spec.policy == "random":
+            action = rng.uniform(-1, 1, size=4)
+        else:
+            with warnings.catch_warnings():  # "Constant(s) may be too high": the env clips
+                warnings.simplefilter("ignore")
+                action = np.asarray(expert.get_action(obs), dtype=np.float64)
+            if spec.policy == "noisy":
+                action = action + rng.normal(0, spec.noise_std, size=4)
+        action = np.clip(action, -1, 1).astype(np.float32)
+        reward = 0.0
+        for _ in range(spec.action_repeat):  # rewards summed over the repeat, as DrQ does
+            obs, rew, _, _, info = r.env.step(action)
+            reward += float(rew)
+            success = success or bool(info["success"])
+        actions.append(action)
+        rewards.append(reward)
+        frames.append(r.frame())
+    actions.append(np.zeros(4, np.float32))  # no frame follows the last one
+    return {
+        "frames": np.stack(frames).astype(np.uint8),
+        "actions": np.stack(actions).astype(np.float32),
+        "rewards": np.asarray(rewards, np.float32),
+        "success": np.asarray(success),
+        "policy": np.asarray(spec.policy),
+        "task": np.asarray(spec.task),
+        "episode_seed": np.asarray(seed, np.uint64),
+    }
+
+
+def write_shard(spec: EpisodeSpec, out: Path) -> dict:
+    """Run and save one episode unless its shard exists; return its manifest entry."""
+    path = out / spec.shard_name
+    if not path.exists():
+        arrays = run_episode(spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)  # atomic: a killed run leaves no half-written shard
+    with np.load(path) as z:
+        return {
+            "path": spec.shard_name,
+            "task": spec.task,
+            "episode": spec.index,
+            "policy": spec.policy,
+            "frames": int(z["frames"].shape[0]),
+            "success": bool(z["success"]),
+        }
+
+
+def collect(
+    out: str | Path,
+    tasks: tuple[str, ...] = DEFAULT_TASKS,
+    episodes: int = 80,
+    steps: int = 50,
+    seed: int = 0,
+    workers: int = 2,
+    resolution: int = 64,
+    action_repeat: int = 2,
+    noise_std: float = 0.3,
+    camera: str = "corner",
+    progress: bool = True,
+) -> dict:
+    """Collect ``episodes`` per task into ``out`` and write ``out/manifest.json``."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = [
+        EpisodeSpec(task, i, seed, steps, resolution, action_repeat, noise_std, camera)
+        for task in tasks
+        for i in range(episodes)
+    ]
+    start = time.time()
+    todo = sum(not (out / s.shard_name).exists() for s in specs)
+    if workers > 1 and todo > 1:
+        # spawn: each worker opens its own EGL context and environments
+        with mp.get_context("spawn").Pool(workers) as pool:
+            entries = list(
+                tqdm(pool.imap(_write_shard, [(s, out) for s in specs]), total=len(specs), disable=not progress)
+            )
+    else:
+        entries = [write_shard(s, out) for s in tqdm(specs, disable=not progress)]
+    manifest = {
+        "collection_version": COLLECTION_VERSION,
+        "source": "metaworld",
+        "tasks": list(tasks),
+        "episodes_per_task": episodes,
+        "episodes": len(entries),
+        "steps": steps,
+        "frames_per_episode": steps + 1,
+        "image_size": resolution,
+        "action_dim": 4,
+        "action_repeat": action_repeat,
+        "camera": camera,
+        "seed": seed,
+        "policy_mix": {"cycle": list(POLICY_CYCLE), "noise_std": noise_std},
+        "conventions": "frames[t] obs at step t; actions[t] taken at frame t; rewards[t] received entering frame t",
+        "shards": entries,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    if progress:
+        print(f"{len(entries)} episodes ({todo} new) in {time.time() - start:.0f}s -> {out}")
+    return manifest
+
+
+def _write_shard(args: tuple[EpisodeSpec, Path]) -> dict:
+    return write_shard(*args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="data/metaworld")
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated Meta-World v3 task names")
+    p.add_argument("--episodes", type=int, default=80, help="episodes per task")
+    p.add_argument("--steps", type=int, default=50, help="agent steps per episode (frames = steps + 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--action-repeat", type=int, default=2)
+    p.add_argument("--noise-std", type=float, default=0.3)
+    p.add_argument("--camera", default="corner")
+    a = p.parse_args(argv)
+    collect(
+        a.out,
+        tuple(t for t in a.tasks.split(",") if t),
+        a.episodes,
+        a.steps,
+        a.seed,
+        a.workers,
+        a.resolution,
+        a.action_repeat,
+        a.noise_std,
+        a.camera,
+    )
+
+
+if __name__ == "__main__":
+    main()

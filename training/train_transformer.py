@@ -1,0 +1,279 @@
+"""Train the world-model transformer on a frozen tokenizer: ``python -m training.train_transformer``.
+
+Published recipe (NOTES 2.3-2.5, 5.2): next-token cross-entropy where the logits at position
+t predict token t + 1, with targets only after the prelude and the first sdf (labels -100
+for positions 0..P), so the model learns every future frame's tokens and every later sdf;
+plus reward MSE (weight 1.0) on symlog rewards read at each future frame's last token.
+Future frame i gets action a[s + c - 1 + i] on its sdf token and reward target r[s + c + i]
+(docs/DATA.md). AdamW with warmup + cosine, gradient clipping, optional bf16 autocast.
+
+The frozen tokenizer turns fixed clip windows (every ``--stride`` frames of every training
+episode) into token ids once; the ids are cached in the run folder. The run folder is
+resumable: re-running the same command continues from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ivideogpt import checkpoint
+from ivideogpt.config import PRESETS, preset
+from ivideogpt.model import WorldModel
+from ivideogpt.tokens import TokenLayout
+from ivideogpt.transformer import WorldModelTransformer
+from training import loop
+from training.data import Episode, clip_batch, load_episodes, load_manifest, split_names
+
+
+@dataclass
+class TokenClips:
+    """Token ids, actions and symlog reward targets of fixed clip windows."""
+
+    ids: torch.Tensor  # [N, L] full sequences in the token layout
+    actions: torch.Tensor  # [N, T, A]
+    rewards: torch.Tensor  # [N, n] symlog
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+
+def build_model(args: argparse.Namespace) -> WorldModel:
+    """The model to train: tokenizer from ``--tokenizer``, transformer fresh or from ``--init``."""
+    if args.init:
+        model = checkpoint.load(args.init)
+    elif args.init_official:
+        model = checkpoint.load_official(args.init_official)
+    else:
+        model = WorldModel(preset(args.preset))
+    if args.tokenizer:
+        tok = checkpoint.load(args.tokenizer).tokenizer
+        if tok.cfg != model.cfg.tokenizer:
+            raise ValueError(f"{args.tokenizer}: tokenizer config differs from the transformer's model config")
+        model.tokenizer = tok
+    elif not (args.init or args.init_official):
+        raise ValueError("a fresh transformer needs a trained tokenizer: pass --tokenizer CHECKPOINT")
+    adapt_heads(model.transformer, args.action_dim, args.reward_head)
+    return model
+
+
+def adapt_heads(trm: WorldModelTransformer, action_dim: int | None, reward_head: bool | None) -> None:
+    """Fine-tuning to a new action space: a new zero-initialised action layer (as published)."""
+    cfg = trm.cfg
+    if action_dim is not None and action_dim != cfg.action_dim:
+        cfg.action_dim = action_dim
+        trm.action_proj = None
+        if action_dim:
+            trm.action_proj = nn.Linear(action_dim, cfg.hidden_size)
+            nn.init.zeros_(trm.action_proj.weight)
+            nn.init.zeros_(trm.action_proj.bias)
+    if reward_head is not None and reward_head != cfg.reward_head:
+        cfg.reward_head = reward_head
+        trm.reward_head = nn.Linear(cfg.hidden_size, 1) if reward_head else None
+
+
+@torch.no_grad()
+def tokenize_clips(
+    model: WorldModel,
+    episodes: list[Episode],
+    n_future: int,
+    stride: int,
+    batch: int = 32,
+    future_dtype: str = "bf16",
+    progress: bool = True,
+) -> TokenClips:
+    """Every ``stride``-th window of c + n frames -> token sequences (context ids in fp32, as
+    inference computes them; future ids under ``future_dtype`` autocast, they are targets)."""
+    from tqdm import tqdm
+
+    tok, layout = model.tokenizer.eval(), model.layout
+    c = layout.context_length
+    starts = [(e, s) for e, ep in enumerate(episodes) for s in range(0, len(ep) - c - n_future + 1, stride)]
+    ids, actions, rewards = [], [], []
+    device = next(tok.parameters()).device
+    for i in tqdm(range(0, len(starts), batch), desc="tokenizing", disable=not progress):
+        clips = clip_batch(episodes, starts[i : i + batch], c, n_future)
+        frames = clips.frames.to(device)
+        ctx_ids, feats = tok.encode_context(frames[:, :c])
+        with loop.autocast(device, future_dtype):
+            fut_ids = tok.encode_future(frames[:, c:], feats)
+        ids.append(layout.build(ctx_ids, fut_ids).cpu())
+        actions.append(clips.actions)
+        rewards.append(clips.rewards)
+    return TokenClips(torch.cat(ids), torch.cat(actions), torch.cat(rewards))
+
+
+def sequence_losses(
+    trm: WorldModelTransformer, layout: TokenLayout, ids: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Cross-entropy on future tokens and later sdf tokens, reward MSE in symlog space."""
+    logits, pred_rewards = trm.forward_sequence(ids, layout, actions)
+    labels = ids.clone()
+    labels[:, : layout.prelude_length + 1] = -100  # prelude + first sdf: given, not predicted
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+    losses = {"ce": ce}
+    if pred_rewards is not None:
+        losses["reward_mse"] = F.mse_loss(pred_rewards.float(), rewards)
+    return losses
+
+
+@torch.no_grad()
+def validate(
+    trm: WorldModelTransformer, layout: TokenLayout, clips: TokenClips, device: torch.device, batch: int
+) -> dict[str, float]:
+    trm.eval()
+    sums: dict[str, float] = {}
+    for i in range(0, len(clips), batch):
+        part = slice(i, i + batch)
+        losses = sequence_losses(
+            trm, layout, clips.ids[part].to(device), clips.actions[part].to(device), clips.rewards[part].to(device)
+        )
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.item() * clips.ids[part].shape[0]
+    trm.train()
+    return {f"val_{k}": v / len(clips) for k, v in sums.items()}
+
+
+def cached_clips(
+    run: Path, tag: str, model: WorldModel, episodes: list[Episode], args: argparse.Namespace
+) -> TokenClips:
+    """Tokenized windows, cached per tokenizer weights and window settings."""
+    digest = hashlib.sha1()
+    for v in model.tokenizer.state_dict().values():
+        digest.update(v.detach().cpu().float().numpy().tobytes())
+    digest.update(f"{[e.name for e in episodes]}{args.n_future}{args.stride}{args.tokenize_dtype}".encode())
+    path = run / f"tokens-{tag}-{digest.hexdigest()[:12]}.pt"
+    if path.is_file():
+        return TokenClips(**torch.load(path))
+    clips = tokenize_clips(model, episodes, args.n_future, args.stride, future_dtype=args.tokenize_dtype)
+    torch.save(vars(clips), path)
+    return clips
+
+
+def train(args: argparse.Namespace) -> Path:
+    loop.seed_everything(args.seed)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+
+    resumed = loop.resume_state(run)
+    model = checkpoint.load(run / "checkpoint") if resumed else build_model(args)
+    model = model.to(device)
+    model.tokenizer.requires_grad_(False)
+    trm, layout = model.transformer.train(), model.layout
+
+    names = [s["path"] for s in load_manifest(args.data)["shards"]]
+    train_names, heldout_names = split_names(names, args.heldout_fraction, seed=0)
+    t0 = time.time()
+    train_clips = cached_clips(run, "train", model, load_episodes(args.data, train_names), args)
+    val_clips = cached_clips(run, "val", model, load_episodes(args.data, heldout_names or train_names[:2]), args)
+    print(f"{len(train_clips)} training clips, {len(val_clips)} validation clips ({time.time() - t0:.0f}s)")
+
+    opt = loop.make_optimizer(list(trm.named_parameters()), args.lr, args.weight_decay)
+    gen = torch.Generator().manual_seed(args.seed)
+    step = 0
+    if resumed:
+        step = resumed["step"]
+        opt.load_state_dict(resumed["optimizer"])
+        gen.set_state(resumed["sampler"])
+        loop.truncate_metrics(run, step)
+        print(f"resumed {run} at step {step}")
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.steps, initial=step, disable=not args.progress)
+    t_last, tokens_done = time.time(), 0
+    stop = min(args.steps, step + args.stop_after) if args.stop_after else args.steps
+    while step < stop:
+        for g in opt.param_groups:
+            g["lr"] = loop.lr_at(step, args.lr, args.warmup, args.steps)
+        pick = torch.randint(len(train_clips), (args.batch,), generator=gen)
+        ids, actions = train_clips.ids[pick].to(device), train_clips.actions[pick].to(device)
+        rewards = train_clips.rewards[pick].to(device)
+        with loop.autocast(device, args.dtype):
+            losses = sequence_losses(trm, layout, ids, actions, rewards)
+        loss = losses["ce"] + args.reward_weight * losses.get("reward_mse", 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trm.parameters(), args.grad_clip)
+        opt.step()
+        step += 1
+        tokens_done += ids.numel()
+        bar.update(1)
+
+        if step % args.log_every == 0 or step == args.steps:
+            now = time.time()
+            record = {
+                "step": step,
+                "lr": opt.param_groups[0]["lr"],
+                "loss": loss.item(),
+                "grad_norm": grad_norm.item(),
+                "tokens_per_s": tokens_done / (now - t_last),
+                **{k: v.item() for k, v in losses.items()},
+            }
+            if step % args.eval_every == 0 or step == args.steps:
+                record |= validate(trm, layout, val_clips, device, args.batch)
+            t_last, tokens_done = time.time(), 0
+            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            loop.log_metrics(run, record)
+        if step % args.ckpt_every == 0 or step == stop:
+            loop.save_run(run, model, opt, step, {"sampler": gen.get_state(), "args": vars(args)})
+            loop.plot_losses(run, ["ce", "reward_mse", "val_ce", "val_reward_mse"])
+    bar.close()
+    if args.export and step == args.steps:
+        checkpoint.save(model.eval(), args.export)
+        print(f"exported {args.export}")
+    return run / "checkpoint"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="data/metaworld", help="folder with manifest.json and shards")
+    p.add_argument("--tokenizer", default="runs/tokenizer/checkpoint", help="trained tokenizer checkpoint (frozen)")
+    p.add_argument("--run", default="runs/transformer", help="run folder (checkpoint, metrics, loss.png)")
+    p.add_argument("--export", default=None, help="also save the final model here (e.g. models/default)")
+    p.add_argument("--preset", default="tiny", choices=list(PRESETS))
+    p.add_argument("--init", default=None, help="start from one of our checkpoints (fine-tuning)")
+    p.add_argument("--init-official", default=None, help="start from a published iVideoGPT folder")
+    p.add_argument("--action-dim", type=int, default=None, help="new action dim (new zero-initialised layer)")
+    p.add_argument("--reward-head", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--n-future", type=int, default=10, help="future frames per clip")
+    p.add_argument("--stride", type=int, default=4, help="frames between the starts of tokenized windows")
+    p.add_argument("--tokenize-dtype", default="bf16", choices=list(loop.DTYPES))
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--reward-weight", type=float, default=1.0)
+    p.add_argument("--heldout-fraction", type=float, default=0.05)
+    p.add_argument("--dtype", default="fp32", choices=list(loop.DTYPES), help="autocast dtype")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--stop-after", type=int, default=0, help="stop (with a checkpoint) after N steps of this run")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    args = p.parse_args(argv)
+    if args.eval_every % args.log_every:
+        p.error("--eval-every must be a multiple of --log-every")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    print(f"checkpoint: {train(parse_args(argv))}")
+
+
+if __name__ == "__main__":
+    main()
