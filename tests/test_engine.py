@@ -139,6 +139,9 @@ def test_long_session_reanchors_and_restores_across_anchors() -> None:
     assert out.frames.shape == (8, 3, R, R) and out.rewards.shape == (8,)
     history = eng.history(sid)
     assert history.reanchors == [3, 6]
+    assert torch.equal(eng.recorded_frames(sid, 3), out.frames[3:])  # across the last two anchors
+    with pytest.raises(InvalidInput, match="older"):
+        eng.recorded_frames(sid, 2)
     more = eng.step(sid, actions(7, 2))
     restored = eng.restore(history)
     again = eng.step(restored, actions(7, 2))

@@ -119,7 +119,7 @@ class RolloutEngine:
 
         def task() -> None:
             self._evict_idle()
-            table = self.pool.allocate(self.cfg.transformer.max_positions)
+            table = self.pool.allocate_slot()
             try:
                 ids, _ = self.model.tokenizer.encode_context(frames)
                 history = SessionHistory(ids[0].tolist(), dataclasses.asdict(sampling), stream)
@@ -269,6 +269,34 @@ class RolloutEngine:
         with session.lock:
             return SessionHistory.from_dict(session.history.to_dict())
 
+    def recorded_frames(self, session_id: str, start: int, stop: int | None = None) -> torch.Tensor:
+        """Re-decode the frames of already recorded steps [start, stop) (for retried requests).
+
+        Frames are a deterministic function of their tokens and their anchor's decoder
+        features; the current and the previous anchor are kept.
+        """
+        session = self._get(session_id)
+        with session.lock:
+            steps = session.history.steps
+            stop = len(steps) if stop is None else stop
+            if not 0 <= start < stop <= len(steps):
+                raise InvalidInput("step_index", f"steps [{start}, {stop}) are not recorded (0..{len(steps)})")
+            oldest = session.previous_anchor[0] if session.previous_anchor else session.anchor_step
+            if start < oldest:
+                raise InvalidInput("step_index", f"step {start} is older than the kept anchors (from {oldest})")
+
+            def task() -> torch.Tensor:
+                frames = []
+                for i in range(start, stop):
+                    features = session.decoder_features
+                    if i < session.anchor_step:
+                        assert session.previous_anchor is not None
+                        features = session.previous_anchor[1]
+                    frames.append(self._decode_with(features, torch.tensor(steps[i].tokens)))
+                return torch.stack(frames)
+
+            return self.scheduler.run_exclusive(task)
+
     def restore(self, history: SessionHistory, session_id: str | None = None) -> str:
         """Rebuild a session from its history by prefilling the recorded tokens (no resampling)."""
         sid = session_id or uuid.uuid4().hex
@@ -280,7 +308,7 @@ class RolloutEngine:
             with self._lock:
                 if sid in self._sessions:
                     raise InvalidInput("session_id", f"session {sid} is live")
-            table = self.pool.allocate(self.cfg.transformer.max_positions)
+            table = self.pool.allocate_slot()
             try:
                 fresh = SessionHistory(history.context_ids, history.sampling, history.stream)
                 session = self._new_session(sid, table, ctx, sampling, fresh)
@@ -310,10 +338,13 @@ class RolloutEngine:
         return session
 
     def _decode(self, session: Session, raw_tokens: torch.Tensor) -> torch.Tensor:
-        """One frame's pixels from its sampled ids and the anchor's decoder features (batch 1)."""
+        return self._decode_with(session.decoder_features, raw_tokens)
+
+    def _decode_with(self, decoder_features: list[torch.Tensor], raw_tokens: torch.Tensor) -> torch.Tensor:
+        """One frame's pixels from its sampled ids and its anchor's decoder features (batch 1)."""
         lay = self.layout
         future = (raw_tokens.to(self.device) - lay.future_offset).clamp(0, lay.future_codebook_size - 1)
-        frame = self.model.tokenizer.decode_future(future[None, None], session.decoder_features)
+        frame = self.model.tokenizer.decode_future(future[None, None], decoder_features)
         return frame[0, 0].float().cpu()
 
     def _reanchor(self, session: Session) -> None:
@@ -325,6 +356,7 @@ class RolloutEngine:
         frames = torch.stack(recent)[None].to(self.device, self.dtype)
         ids, _ = self.model.tokenizer.encode_context(frames)
         recon, feats = self.model.tokenizer.decode_context(ids)
+        session.previous_anchor = (session.anchor_step, session.decoder_features)
         session.context_ids, session.decoder_features, session.anchor_frames = ids, feats, recon[0]
         session.anchor_step = session.step_index
         session.history.reanchors.append(session.step_index)

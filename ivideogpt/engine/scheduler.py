@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import torch
@@ -165,21 +166,11 @@ class Scheduler:
             x[rows] = x[rows] + trm.action_embedding(torch.cat(actions).to(device)).to(x.dtype)
         hidden = trm(x[:, None], BatchCache(self.pool, sessions, forks))[:, 0]
 
-        sampling_rows = [j for j in jobs if j.phase < lay.future_tokens]
-        logits = None
-        if sampling_rows:
-            sel = torch.cat([self._rows_of(j) for j in sampling_rows]).to(device)
-            logits = trm.logits(hidden[sel]).float().cpu()
-        allowed = (lay.future_offset, lay.future_offset + lay.future_codebook_size)
-        offset = 0
+        sampled = self._sample([j for j in jobs if j.phase < lay.future_tokens], hidden)
         ended: list[tuple[Job, BaseException | None]] = []
         for job in jobs:
             if job.phase < lay.future_tokens:
-                assert logits is not None
-                job_logits = logits[offset : offset + job.k]
-                offset += job.k
-                uniforms = None if job.sampling.greedy else draw_uniforms(job.generators)
-                token = sample_tokens(job_logits, job.sampling, uniforms, allowed)
+                token = sampled[id(job)]
                 assert job.tokens is not None
                 job.tokens[:, job.phase] = token
                 job.next_ids = token
@@ -202,6 +193,27 @@ class Scheduler:
         for job, exc in ended:
             self._active.remove(job)
             job.on_end(job, exc)
+
+    def _sample(self, jobs: list[Job], hidden: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Next token of every row of these jobs: one lm_head matmul, one draw per sampling setting."""
+        if not jobs:
+            return {}
+        lay, device = self.layout, hidden.device
+        logits = self.model.transformer.logits(hidden[torch.cat([self._rows_of(j) for j in jobs]).to(device)])
+        logits = logits.float().cpu()
+        allowed = (lay.future_offset, lay.future_offset + lay.future_codebook_size)
+        spans, groups, offset = {}, defaultdict(list), 0
+        for job in jobs:
+            spans[id(job)] = (offset, offset + job.k)
+            groups[astuple(job.sampling)].append(job)
+            offset += job.k
+        tokens = torch.empty(offset, dtype=torch.long)
+        for members in groups.values():
+            idx = torch.cat([torch.arange(*spans[id(j)]) for j in members])
+            params = members[0].sampling
+            uniforms = None if params.greedy else torch.cat([draw_uniforms(j.generators) for j in members])
+            tokens[idx] = sample_tokens(logits[idx], params, uniforms, allowed)
+        return {key: tokens[a:b] for key, (a, b) in spans.items()}
 
     @staticmethod
     def _rows_of(job: Job) -> torch.Tensor:

@@ -77,6 +77,8 @@ class Session:
     decoder_features: list[torch.Tensor]
     anchor_frames: torch.Tensor
     anchor_step: int = 0
+    # (first step, decoder features) of the previous anchor, to re-decode its recent frames
+    previous_anchor: tuple[int, list[torch.Tensor]] | None = None
     length: int = 0  # tokens in the cache
     closed: bool = False
     created: float = field(default_factory=time.time)

@@ -1,0 +1,268 @@
+"""Rollout engine benchmarks: every figure against a baseline measured in the same run.
+
+    python -m benchmarks.rollout [--quick] [--dtype bf16] [--write BENCHMARKS.md]
+
+Prints one ``name: value`` line per figure. Uses the ``oxe-64`` preset (138M transformer,
+114M tokenizer, random weights, 2 context frames, 16x16 context grid) unless a name says
+``tiny``. Absolute times on shared CPUs vary between runs; the ratios are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+from ivideogpt.config import preset
+from ivideogpt.engine import EngineConfig, RolloutEngine
+from ivideogpt.model import WorldModel
+from ivideogpt.sampling import SamplingParams, draw_uniforms, sample_tokens
+from ivideogpt.transformer import KVCache
+
+GOALS = {
+    "speedup_vs_reprefill": ">= 2.2",
+    "decode_vs_roofline": "<= 1.3",
+    "speedup_32_sessions": ">= 5",
+    "speedup_32_sessions_tiny": ">= 6",
+    "speedup_imagine_k16": ">= 6",
+    "imagine_memory_ratio": "<= 1.2",
+}
+
+
+def timed(fn: Callable[[], object], repeat: int = 1) -> float:
+    """Best of ``repeat`` wall-clock runs (seconds)."""
+    best = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+# the published algorithm, on the same model code
+
+
+@torch.inference_mode()
+def reprefill_rollout(
+    model: WorldModel, context: torch.Tensor, actions: torch.Tensor, pixels: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """For every frame, a fresh prefill of the whole prefix, then 16 cached decode steps.
+
+    context [B, c, 3, H, W], actions [B, h, A]; B rows as one batch (the published batching).
+    """
+    tok, trm, lay = model.tokenizer, model.transformer, model.layout
+    b, h = actions.shape[:2]
+    ids, _ = tok.encode_context(context)
+    _, feats = tok.decode_context(ids) if pixels else (None, None)
+    prefix = trm.embed(lay.context_sequence(ids))
+    gens = [torch.Generator().manual_seed(i) for i in range(b)]
+    sampling = SamplingParams()
+    rewards = torch.zeros(b, h)
+    for i in range(h):
+        sdf = trm.embed_step(torch.full((b,), lay.sdf_id), actions[:, i].to(dtype))
+        prefix = torch.cat([prefix, sdf[:, None]], dim=1)
+        cache = KVCache.empty(trm.cfg, b, dtype=dtype)
+        hidden = trm.prefill(prefix, cache)
+        new = []
+        for _ in range(lay.future_tokens):
+            token = sample_tokens(trm.logits(hidden).float(), sampling, draw_uniforms(gens))
+            new.append(token)
+            hidden = trm.decode(token, cache)
+        rewards[:, i] = trm.reward(hidden)
+        new_ids = torch.stack(new, dim=1)
+        prefix = torch.cat([prefix, trm.embed(new_ids)], dim=1)
+        if pixels:
+            future = (new_ids - lay.future_offset).clamp(0, lay.future_codebook_size - 1)
+            for row in range(b):  # compute bound: no cheaper per frame in a batch
+                tok.decode_future(future[row : row + 1, None], [f[row : row + 1] for f in feats])
+    return rewards
+
+
+# figures
+
+
+def bandwidth_bytes_per_s() -> float:
+    big = torch.ones(256 * 1024 * 1024 // 4)  # 256 MiB
+    big.sum()
+    return big.numel() * 4 / timed(big.sum, repeat=5)
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    quick = args.quick
+    out: dict[str, float] = {}
+
+    def report(name: str, value: float) -> None:
+        out[name] = value
+        goal = f"  (goal {GOALS[name]})" if name in GOALS else ""
+        print(f"{name}: {value:.3g}{goal}", flush=True)
+
+    torch.manual_seed(0)
+    model = WorldModel(preset("oxe-64", action_dim=4, reward_head=True)).eval()
+    cfg = model.cfg
+    ctx = torch.rand(1, 2, 3, 64, 64)
+    engine = RolloutEngine(model, EngineConfig(cache_bytes=4 << 30, dtype=args.dtype_name, max_imagine=64))
+    trm, lay = engine.model.transformer, engine.layout
+
+    # 1. one session, 14 frames with pixels: engine vs re-prefill
+    frames = 4 if quick else 14
+    acts = torch.randn(1, frames, 4)
+    sid = engine.open(ctx[0])
+    t_engine = timed(lambda: engine.step(sid, acts[0]))
+    engine.close(sid)
+    t_published = timed(lambda: reprefill_rollout(engine.model, ctx.to(dtype), acts, True, dtype))
+    report("speedup_vs_reprefill", t_published / t_engine)
+    if quick:
+        print(f"# (quick: {frames} frames; the advantage grows with the number of frames)")
+
+    # 2. batch-1 decode step vs the memory roofline
+    weight_bytes = sum(p.numel() * p.element_size() for n, p in trm.named_parameters() if n != "embed.weight")
+    bw = bandwidth_bytes_per_s()
+    cache = KVCache.empty(trm.cfg, 1, dtype=dtype)
+    with torch.inference_mode():
+        trm.prefill(torch.randint(0, 8192, (1, lay.prelude_length)), cache)
+        token = torch.tensor([lay.sdf_id])
+        n = 5 if quick else 20
+        t_step = timed(lambda: [trm.logits(trm.decode(token, cache)) for _ in range(n)]) / n
+    report("decode_step_ms", 1000 * t_step)
+    report("memory_bandwidth_gb_s", bw / 1e9)
+    report("decode_vs_roofline", t_step / (weight_bytes / bw))
+
+    # 3. 32 concurrent sessions at different lengths vs one alone (tokens/s)
+    def sessions_speedup(eng: RolloutEngine, n_frames: int, pixels: bool) -> float:
+        a = torch.randn(n_frames, eng.cfg.transformer.action_dim)
+        res = eng.cfg.tokenizer.resolution
+        c = torch.rand(2, 3, res, res)
+        one = eng.open(c)
+        t_one = timed(lambda: eng.step(one, a, return_frames=pixels))
+        eng.close(one)
+        sids = [eng.open(c) for _ in range(32)]
+        for i, s in enumerate(sids):  # different lengths
+            if i % 4:
+                eng.step(s, torch.randn(i % 4, a.shape[1]), return_frames=False)
+
+        def all_sessions() -> None:
+            threads = [threading.Thread(target=eng.step, args=(s, a, pixels)) for s in sids]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        t_all = timed(all_sessions)
+        for s in sids:
+            eng.close(s)
+        return (32 / t_all) / (1 / t_one)
+
+    report("speedup_32_sessions", sessions_speedup(engine, 1 if quick else 2, pixels=False))
+    if not quick:
+        report("frames_speedup_32_sessions", sessions_speedup(engine, 1, pixels=True))
+
+    # 4. pixel decoding of one future frame, fp32 vs bf16
+    tok = model.tokenizer.float()
+    with torch.inference_mode():
+        ids, _ = tok.encode_context(ctx)
+        _, feats = tok.decode_context(ids)
+        fut = torch.randint(0, 8192, (1, 1, 16))
+        f32 = tok.decode_future(fut, feats)
+        t32 = timed(lambda: tok.decode_future(fut, feats), repeat=2 if quick else 5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            f16 = tok.decode_future(fut, feats)
+            t16 = timed(lambda: tok.decode_future(fut, feats), repeat=2 if quick else 5)
+    mse = (f32 - f16.float()).pow(2).mean().item()
+    report("frame_decode_ms", 1000 * t32)
+    report("frame_decode_ms_bf16", 1000 * t16)
+    report("frame_decode_bf16_psnr_db", 10 * math.log10(1 / max(mse, 1e-12)))
+    model.tokenizer.to(dtype)
+
+    # 5. imagine K=16 x 5 frames, rewards only, vs the published algorithm on 16 rows
+    k, h = 16, (2 if quick else 5)
+    seqs = torch.randn(k, h, 4)
+    sid = engine.open(ctx[0])
+    t_imagine = timed(lambda: engine.imagine(sid, seqs))
+    contexts = ctx.expand(k, -1, -1, -1, -1).to(dtype)
+    t_batch = timed(lambda: reprefill_rollout(engine.model, contexts, seqs, False, dtype))
+    report("speedup_imagine_k16", t_batch / t_imagine)
+
+    # 6. imagine memory: K=64 forks over one stored prefix
+    engine.pool.reset_peak()
+    engine.imagine(sid, torch.randn(64, 2, 4))
+    peak = engine.pool.peak_used_blocks * engine.pool.bytes_per_block
+    per_token = engine.pool.bytes_per_block / engine.pool.block_size
+    ideal = (lay.prelude_length + 64 * 2 * lay.frame_stride) * per_token
+    report("imagine_memory_ratio", peak / ideal)
+    engine.close(sid)
+
+    # 7. compressive layout: 16 tokens per future frame vs a full 16x16 grid per frame
+    report("tokens_per_frame", lay.future_tokens)
+    with torch.inference_mode():
+        cache = KVCache.empty(trm.cfg, 1, dtype=dtype)
+        trm.prefill(torch.randint(0, 8192, (1, lay.prelude_length)), cache)
+        steps_small, steps_full = lay.frame_stride, cfg.tokenizer.context_tokens + 1
+        steps_full_timed = steps_small * 3 if quick else steps_full  # quick: time a sample, scale
+        t_small = timed(lambda: [trm.decode(token, cache) for _ in range(steps_small)])
+        t_full = timed(lambda: [trm.decode(token, cache) for _ in range(steps_full_timed)])
+        t_full *= steps_full / steps_full_timed
+    report("step_cost_vs_256_tokens", t_full / t_small)
+    engine.shutdown()
+
+    # 8. tiny preset, end to end
+    tiny = WorldModel(preset("tiny")).eval()
+    teng = RolloutEngine(tiny, EngineConfig(cache_bytes=256 << 20, dtype=args.dtype_name))
+    report("speedup_32_sessions_tiny", sessions_speedup(teng, 2 if quick else 4, pixels=False))
+    n = 8 if quick else 16
+    one = teng.open(torch.rand(2, 3, 64, 64))
+    t1 = timed(lambda: teng.step(one, torch.randn(n, 4)))
+    teng.close(one)
+    report("tiny_frames_per_s_1", n / t1)
+    sids = [teng.open(torch.rand(2, 3, 64, 64)) for _ in range(32)]
+
+    def all_tiny() -> None:
+        threads = [threading.Thread(target=teng.step, args=(s, torch.randn(n // 4, 4))) for s in sids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    report("tiny_frames_per_s_32", 32 * (n // 4) / timed(all_tiny))
+    teng.shutdown()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer frames and repeats (under 5 minutes on 2 cores)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--write", default=None, help="append the results to this markdown file")
+    args = parser.parse_args()
+    args.dtype_name = "bfloat16" if args.dtype == "bf16" else "float32"
+    desc = machine()
+    print(f"# {desc}; dtype {args.dtype}; {'quick' if args.quick else 'full'} run", flush=True)
+    start = time.perf_counter()
+    results = run(args)
+    print(f"# {time.perf_counter() - start:.0f} s", flush=True)
+    if args.write:
+        with open(args.write, "a") as f:
+            f.write(f"\n### `python -m benchmarks.rollout{' --quick' if args.quick else ''} --dtype {args.dtype}`\n\n")
+            f.write(f"{desc}; {time.strftime('%Y-%m-%d')}\n\n| figure | value | goal |\n|---|---|---|\n")
+            for name, value in results.items():
+                f.write(f"| `{name}` | {value:.3g} | {GOALS.get(name, '')} |\n")
+
+
+if __name__ == "__main__":
+    main()
