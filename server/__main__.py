@@ -1,0 +1,38 @@
+"""``python -m server [--host H] [--port P] [--grpc-port G]``: the gateway on the default model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+
+from server.app import create_app
+from server.backend import resolve_model_dir
+from server.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    env = Settings()
+    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
+    parser.add_argument("--host", default=env.host)
+    parser.add_argument("--port", type=int, default=env.port)
+    parser.add_argument("--grpc-port", type=int, default=env.grpc_port, help="also serve gRPC on this port")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    settings = env.model_copy(update={"host": args.host, "port": args.port, "grpc_port": args.grpc_port})
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.backend == "local":
+        try:
+            resolve_model_dir(settings.model_dir)  # fail before binding a port, naming the folder
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    app = create_app(settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws="websockets")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

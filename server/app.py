@@ -1,0 +1,89 @@
+"""The FastAPI application: settings, backend, registry and session service wired in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.backend import make_backend
+from server.errors import ApiError, validation_api_error
+from server.metrics import Metrics
+from server.middleware import BodyLimit, RequestCounter
+from server.registry import make_registry
+from server.routes import health, models, sessions, stream
+from server.sessions import SessionService
+from server.settings import Settings
+
+log = logging.getLogger("server")
+
+DESCRIPTION = """Stateful rollout sessions of the iVideoGPT world model: open a session on context
+frames, send actions, get predicted frames and rewards back. JSON bodies carry frames as base64
+PNG; send `Content-Type: application/msgpack` (and/or `Accept: application/msgpack`) for raw
+arrays. See docs/API.md."""
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), exc.status, headers=exc.headers())
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        api = validation_api_error(list(exc.errors()))
+        return JSONResponse(api.body(), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        api = ApiError(exc.status_code, code, str(exc.detail))
+        return JSONResponse(api.body(), exc.status_code, headers=getattr(exc, "headers", None))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.keys:
+            log.warning("no API keys configured (IVIDEOGPT_API_KEYS): the service is open to every caller")
+        backend = await asyncio.to_thread(make_backend, settings)
+        registry = make_registry(settings.redis_url, settings.redis_prefix)
+        app.state.service = SessionService(settings, backend, registry, app.state.metrics)
+        grpc_server = None
+        if settings.grpc_port is not None:
+            from server.grpc_service import start_grpc
+
+            grpc_server = await start_grpc(app.state.service, settings)
+        try:
+            yield
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=1.0)
+            await registry.close()
+            backend.shutdown()
+
+    app = FastAPI(title="iVideoGPT world model gateway", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.service = None
+
+    def stats() -> dict:
+        svc = app.state.service
+        zero = dict.fromkeys(
+            ("sessions", "cache_blocks_used", "cache_blocks_free", "batch_rows_last", "evictions", "restores"), 0
+        )
+        return svc.backend.stats() if svc is not None else zero
+
+    app.state.metrics = Metrics(stats)
+    install_error_handlers(app)
+    for r in (health.router, models.router, sessions.router, stream.router):
+        app.include_router(r)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestCounter, counter=app.state.metrics.requests)
+    return app

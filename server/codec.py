@@ -1,0 +1,83 @@
+"""Frames and arrays on the wire: base64 PNG for JSON, raw little-endian bytes + shape for msgpack/gRPC.
+
+Frames travel as uint8 ``[H, W, 3]`` (height, width, RGB): what cameras and image libraries use.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from server.errors import invalid
+
+DTYPES = {"uint8": np.uint8, "float32": np.float32}
+
+
+def to_uint8_hwc(frames: torch.Tensor) -> np.ndarray:
+    """Engine frames [n, 3, H, W] float in [0, 1] -> uint8 [n, H, W, 3]."""
+    x = (frames.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def png_encode(frame: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(frame, "RGB").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def png_b64(frames: np.ndarray) -> list[str]:
+    return [base64.b64encode(png_encode(f)).decode() for f in frames]
+
+
+def decode_png(data: bytes, field: str, size: int) -> np.ndarray:
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise invalid(field, f"not a PNG image ({exc.__class__.__name__})") from None
+    if img.format != "PNG":
+        raise invalid(field, f"a {img.format} image, expected PNG")
+    if img.size != (size, size):
+        raise invalid(field, f"image size {img.size[0]}x{img.size[1]}, the model takes {size}x{size}")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def decode_b64_png(text: str, field: str, size: int) -> np.ndarray:
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(field, "not base64") from None
+    return decode_png(data, field, size)
+
+
+def array_from(shape: list[int], dtype: str, data: bytes, field: str) -> np.ndarray:
+    """A raw array payload -> numpy, checking that the bytes match the shape."""
+    if dtype not in DTYPES:
+        raise invalid(f"{field}.dtype", f"{dtype!r}, expected one of {', '.join(DTYPES)}")
+    if any(d < 0 for d in shape):
+        raise invalid(f"{field}.shape", f"negative dimension in {shape}")
+    np_dtype = np.dtype(DTYPES[dtype]).newbyteorder("<")
+    expected = int(np.prod(shape)) * np_dtype.itemsize
+    if len(data) != expected:
+        raise invalid(f"{field}.data", f"{len(data)} bytes, shape {shape} of {dtype} needs {expected}")
+    return np.frombuffer(data, dtype=np_dtype).reshape(shape).astype(DTYPES[dtype])
+
+
+def array_payload(x: np.ndarray) -> dict:
+    x = np.ascontiguousarray(x)
+    dtype = "uint8" if x.dtype == np.uint8 else "float32"
+    return {
+        "shape": list(x.shape),
+        "dtype": dtype,
+        "data": x.astype(np.dtype(DTYPES[dtype]).newbyteorder("<")).tobytes(),
+    }
+
+
+def context_to_engine(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [c, H, W, 3] -> the engine's uint8 [c, 3, H, W]."""
+    return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))

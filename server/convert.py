@@ -1,0 +1,51 @@
+"""Request fields -> numpy arrays, numpy -> response fields (JSON or msgpack flavour)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from server.codec import array_from, array_payload, decode_b64_png, png_b64
+from server.errors import invalid
+from server.schemas import Array
+
+
+def frames_in(value: list[str] | Array, field: str, size: int) -> np.ndarray:
+    if isinstance(value, Array):
+        if value.dtype != "uint8":
+            raise invalid(f"{field}.dtype", f"{value.dtype}, frames are uint8")
+        return array_from(value.shape, value.dtype, value.data, field)
+    if not value:
+        raise invalid(field, "no frames")
+    return np.stack([decode_b64_png(v, f"{field}[{i}]", size) for i, v in enumerate(value)])
+
+
+def floats_in(value: list | Array, field: str, ndim: int) -> np.ndarray:
+    if isinstance(value, Array):
+        if value.dtype != "float32":
+            raise invalid(f"{field}.dtype", f"{value.dtype}, actions are float32")
+        x = array_from(value.shape, value.dtype, value.data, field)
+    else:
+        try:
+            x = np.array(value, dtype=np.float32)
+        except ValueError:
+            raise invalid(field, "rows of different lengths") from None
+    if x.ndim != ndim:
+        raise invalid(field, f"{x.ndim} dimensions, expected {ndim}")
+    return x
+
+
+def frames_out(frames: np.ndarray | None, binary: bool) -> list | dict | None:
+    """uint8 [..., H, W, 3] -> nested lists of base64 PNGs, or one raw array."""
+    if frames is None:
+        return None
+    if binary:
+        return array_payload(frames)
+    if frames.ndim == 5:
+        return [png_b64(f) for f in frames]
+    return png_b64(frames)
+
+
+def floats_out(values: np.ndarray | None, binary: bool) -> list | dict | None:
+    if values is None:
+        return None
+    return array_payload(values.astype(np.float32)) if binary else values.astype(float).tolist()

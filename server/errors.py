@@ -1,0 +1,70 @@
+"""One error shape for every transport: status, machine code, the offending field, a message."""
+
+from __future__ import annotations
+
+import math
+
+from ivideogpt.engine import CapacityError, InvalidInput, SessionNotFound
+
+
+class ApiError(Exception):
+    """Raised anywhere in the gateway; REST, WebSocket and gRPC each map it to their own status."""
+
+    def __init__(
+        self, status: int, code: str, message: str, field: str | None = None, retry_after: float | None = None
+    ):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.status, self.code, self.message, self.field, self.retry_after = status, code, message, field, retry_after
+
+    def body(self) -> dict:
+        err = {"status": self.status, "code": self.code, "field": self.field, "message": self.message}
+        if self.retry_after is not None:
+            err["retry_after"] = self.retry_after
+        return {"error": err}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(math.ceil(self.retry_after))} if self.retry_after is not None else {}
+
+
+def invalid(field: str, message: str) -> ApiError:
+    return ApiError(422, "invalid_input", message, field)
+
+
+def not_found(session_id: str) -> ApiError:
+    return ApiError(404, "session_not_found", f"unknown session {session_id!r}", "session_id")
+
+
+def from_engine(exc: Exception) -> ApiError:
+    """Typed engine errors -> API errors (anything else is a bug and stays a 500)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, SessionNotFound):
+        return not_found(exc.session_id)
+    if isinstance(exc, CapacityError):
+        return ApiError(429, "capacity", str(exc), None, max(1.0, exc.retry_after))
+    if isinstance(exc, InvalidInput):
+        return invalid(exc.field, str(exc).split(": ", 1)[-1])
+    raise exc
+
+
+def _field(loc: tuple) -> str:
+    """('body', 'actions', 'list[list[float]]', 0, 1) -> 'actions[0][1]'."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "path", "query", "header"):
+        parts = parts[1:]
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif "[" in p or p in ("Array", "function-after"):
+            continue  # a union branch's type tag, not a field
+        else:
+            out += f".{p}" if out else p
+    return out or "body"
+
+
+def validation_api_error(errors: list) -> ApiError:
+    """Pydantic errors -> one 422 naming the field; with a union (PNG list | raw array) the deepest
+    error is the one about the caller's input."""
+    err = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {"loc": (), "msg": "invalid"}
+    return invalid(_field(tuple(err.get("loc", ()))), err.get("msg", "invalid"))

@@ -1,0 +1,60 @@
+"""Prometheus metrics (``ivideogpt_*``), one registry per app so tests can run several apps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class EngineCollector(Collector):
+    """Engine gauges read at scrape time (no polling thread, never stale)."""
+
+    def __init__(self, stats: Callable[[], dict]):
+        self.stats = stats
+
+    def collect(self) -> Iterator:
+        s = self.stats()
+        yield GaugeMetricFamily("ivideogpt_active_sessions", "sessions held by this replica's engine", s["sessions"])
+        yield GaugeMetricFamily("ivideogpt_kv_cache_blocks_used", "KV cache blocks in use", s["cache_blocks_used"])
+        yield GaugeMetricFamily("ivideogpt_kv_cache_blocks_free", "KV cache blocks free", s["cache_blocks_free"])
+        yield GaugeMetricFamily("ivideogpt_batch_size", "rows in the engine's last token step", s["batch_rows_last"])
+        yield CounterMetricFamily("ivideogpt_evictions", "idle sessions evicted from the engine", s["evictions"])
+        yield CounterMetricFamily("ivideogpt_restores", "sessions rebuilt from their history", s["restores"])
+
+
+class Metrics:
+    def __init__(self, stats: Callable[[], dict]):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.step_latency = Histogram(
+            "ivideogpt_step_latency_seconds", "step request latency", ["transport"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.imagine_latency = Histogram(
+            "ivideogpt_imagine_latency_seconds", "imagine request latency", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.first_frame = Histogram(
+            "ivideogpt_time_to_first_frame_seconds", "request to first frame", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_wait = Histogram(
+            "ivideogpt_queue_wait_seconds",
+            "request arrival to engine start (session lock, lease, restore)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.frames = Counter("ivideogpt_frames_generated", "predicted frames (steps and imagine)", registry=r)
+        self.tokens = Counter("ivideogpt_tokens_generated", "sampled tokens (16 per frame)", registry=r)
+        self.requests = Counter(
+            "ivideogpt_requests", "requests by route and status code", ["route", "method", "status"], registry=r
+        )
+        self.idempotent_replays = Counter(
+            "ivideogpt_idempotent_replays", "retried steps answered from the record", registry=r
+        )
+        self.gateway_restores = Counter(
+            "ivideogpt_gateway_restores", "restores done by this gateway (eviction, other replica)", registry=r
+        )
+        r.register(EngineCollector(stats))

@@ -1,0 +1,271 @@
+"""The session registry and history: in memory (one replica) or in Redis (replicas share sessions).
+
+Per session: a record (owner key, model, sampling, created, expiry, last owner replica), the
+history the engine needs to rebuild it (context token ids; per step action, 16 token ids,
+reward; re-anchor indices), the last step's result (for idempotent retries) and a lease (the
+replica serving it right now). Every key expires with the session. History appends are fenced
+by the lease and by the expected step count, so two replicas can never both extend a session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from ivideogpt.engine import SessionHistory, StepRecord
+
+
+@dataclass
+class SessionRecord:
+    session_id: str
+    key_id: str
+    model: str
+    sampling: dict
+    created: float  # unix seconds
+    expires: float
+    owner: str = ""  # replica that last served it (holds its engine state)
+    owner_addr: str = ""
+
+
+class Registry(Protocol):
+    async def ping(self) -> None: ...
+    async def create(self, rec: SessionRecord, history: SessionHistory) -> None: ...
+    async def get(self, sid: str) -> SessionRecord | None: ...
+    async def touch(self, rec: SessionRecord) -> None: ...
+    async def delete(self, sid: str, key_id: str) -> None: ...
+    async def count_sessions(self, key_id: str) -> int: ...
+    async def step_count(self, sid: str) -> int: ...
+    async def history(self, sid: str) -> SessionHistory | None: ...
+    async def append(
+        self, sid: str, replica: str, expected: int, steps: list[StepRecord], reanchors: list[int], last: bytes | None
+    ) -> bool: ...
+    async def last_result(self, sid: str) -> bytes | None: ...
+    async def acquire_lease(self, sid: str, replica: str, ttl_s: float) -> bool: ...
+    async def release_lease(self, sid: str, replica: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+@dataclass
+class _Entry:
+    rec: SessionRecord
+    history: SessionHistory
+    last: bytes | None = None
+
+
+class MemoryRegistry:
+    """One replica's registry: sessions die with the process (history still survives engine eviction)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+
+    def _live(self, sid: str) -> _Entry | None:
+        entry = self._entries.get(sid)
+        if entry is not None and entry.rec.expires < time.time():
+            del self._entries[sid]
+            return None
+        return entry
+
+    async def ping(self) -> None:
+        return None
+
+    async def create(self, rec: SessionRecord, history: SessionHistory) -> None:
+        self._entries[rec.session_id] = _Entry(rec, SessionHistory.from_dict(history.to_dict()))
+
+    async def get(self, sid: str) -> SessionRecord | None:
+        entry = self._live(sid)
+        return None if entry is None else SessionRecord(**asdict(entry.rec))
+
+    async def touch(self, rec: SessionRecord) -> None:
+        if (entry := self._live(rec.session_id)) is not None:
+            entry.rec = SessionRecord(**asdict(rec))
+
+    async def delete(self, sid: str, key_id: str) -> None:
+        self._entries.pop(sid, None)
+        self._leases.pop(sid, None)
+
+    async def count_sessions(self, key_id: str) -> int:
+        return sum(1 for sid in list(self._entries) if (e := self._live(sid)) and e.rec.key_id == key_id)
+
+    async def step_count(self, sid: str) -> int:
+        entry = self._live(sid)
+        return 0 if entry is None else len(entry.history.steps)
+
+    async def history(self, sid: str) -> SessionHistory | None:
+        entry = self._live(sid)
+        return None if entry is None else SessionHistory.from_dict(entry.history.to_dict())
+
+    async def append(
+        self, sid: str, replica: str, expected: int, steps: list[StepRecord], reanchors: list[int], last: bytes | None
+    ) -> bool:
+        entry = self._live(sid)
+        if entry is None or len(entry.history.steps) != expected or not self._holds(sid, replica):
+            return False
+        entry.history.steps.extend(steps)
+        entry.history.reanchors.extend(reanchors)
+        if last is not None:
+            entry.last = last
+        return True
+
+    async def last_result(self, sid: str) -> bytes | None:
+        entry = self._live(sid)
+        return None if entry is None else entry.last
+
+    def _holds(self, sid: str, replica: str) -> bool:
+        owner = self._leases.get(sid)
+        return owner is not None and owner[0] == replica and owner[1] > time.monotonic()
+
+    async def acquire_lease(self, sid: str, replica: str, ttl_s: float) -> bool:
+        owner = self._leases.get(sid)
+        if owner is None or owner[0] == replica or owner[1] <= time.monotonic():
+            self._leases[sid] = (replica, time.monotonic() + ttl_s)
+            return True
+        return False
+
+    async def release_lease(self, sid: str, replica: str) -> None:
+        if (owner := self._leases.get(sid)) is not None and owner[0] == replica:
+            del self._leases[sid]
+
+    async def close(self) -> None:
+        return None
+
+
+_ACQUIRE = """
+local v = redis.call('GET', KEYS[1])
+if (not v) or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: lease, steps, reanchors, last, record, history
+# ARGV: replica, expected, n_steps, steps..., n_reanchors, reanchors..., last
+_APPEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
+if redis.call('EXISTS', KEYS[5]) == 0 then return -3 end
+if redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[2]) then return -1 end
+local n = tonumber(ARGV[3])
+local i = 4
+for j = 1, n do redis.call('RPUSH', KEYS[2], ARGV[i]); i = i + 1 end
+local m = tonumber(ARGV[i]); i = i + 1
+for j = 1, m do redis.call('RPUSH', KEYS[3], ARGV[i]); i = i + 1 end
+if ARGV[i] ~= '' then redis.call('SET', KEYS[4], ARGV[i]) end
+local ttl = redis.call('PTTL', KEYS[5])
+if ttl > 0 then
+  for k = 2, 4 do redis.call('PEXPIRE', KEYS[k], ttl) end
+end
+return redis.call('LLEN', KEYS[2])
+"""
+
+
+class RedisRegistry:
+    """Shared by every replica pointing at the same Redis URL and key prefix."""
+
+    def __init__(self, url: str, prefix: str):
+        self.redis = aioredis.from_url(url, decode_responses=False)
+        self.prefix = prefix
+        self._acquire = self.redis.register_script(_ACQUIRE)
+        self._release = self.redis.register_script(_RELEASE)
+        self._append = self.redis.register_script(_APPEND)
+
+    def _k(self, kind: str, sid: str) -> str:
+        return f"{self.prefix}{kind}:{sid}"
+
+    def _session_keys(self, sid: str) -> list[str]:
+        return [self._k(k, sid) for k in ("rec", "hist", "steps", "reanchors", "last")]
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    async def create(self, rec: SessionRecord, history: SessionHistory) -> None:
+        head = {"context_ids": history.context_ids, "sampling": history.sampling, "stream": history.stream}
+        ms = int(rec.expires * 1000)
+        async with self.redis.pipeline(transaction=True) as p:
+            p.set(self._k("rec", rec.session_id), json.dumps(asdict(rec)))
+            p.set(self._k("hist", rec.session_id), json.dumps(head))
+            for s in history.steps:
+                p.rpush(self._k("steps", rec.session_id), json.dumps(s.to_dict()))
+            for r in history.reanchors:
+                p.rpush(self._k("reanchors", rec.session_id), r)
+            for key in self._session_keys(rec.session_id)[:4]:
+                p.pexpireat(key, ms)
+            p.zadd(self._k("key", rec.key_id), {rec.session_id: rec.expires})
+            await p.execute()
+
+    async def get(self, sid: str) -> SessionRecord | None:
+        raw = await self.redis.get(self._k("rec", sid))
+        return None if raw is None else SessionRecord(**json.loads(raw))
+
+    async def touch(self, rec: SessionRecord) -> None:
+        ms = int(rec.expires * 1000)
+        async with self.redis.pipeline(transaction=True) as p:
+            p.set(self._k("rec", rec.session_id), json.dumps(asdict(rec)), xx=True)
+            for key in self._session_keys(rec.session_id):
+                p.pexpireat(key, ms)
+            p.zadd(self._k("key", rec.key_id), {rec.session_id: rec.expires}, xx=True)
+            await p.execute()
+
+    async def delete(self, sid: str, key_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as p:
+            p.delete(*self._session_keys(sid), self._k("lease", sid))
+            p.zrem(self._k("key", key_id), sid)
+            await p.execute()
+
+    async def count_sessions(self, key_id: str) -> int:
+        key = self._k("key", key_id)
+        async with self.redis.pipeline(transaction=True) as p:
+            p.zremrangebyscore(key, "-inf", time.time())
+            p.zcard(key)
+            _, n = await p.execute()
+        return int(n)
+
+    async def step_count(self, sid: str) -> int:
+        return int(await self.redis.llen(self._k("steps", sid)))
+
+    async def history(self, sid: str) -> SessionHistory | None:
+        async with self.redis.pipeline(transaction=True) as p:
+            p.get(self._k("hist", sid))
+            p.lrange(self._k("steps", sid), 0, -1)
+            p.lrange(self._k("reanchors", sid), 0, -1)
+            head, steps, reanchors = await p.execute()
+        if head is None:
+            return None
+        h = json.loads(head)
+        h["steps"] = [json.loads(s) for s in steps]
+        h["reanchors"] = [int(r) for r in reanchors]
+        return SessionHistory.from_dict(h)
+
+    async def append(
+        self, sid: str, replica: str, expected: int, steps: list[StepRecord], reanchors: list[int], last: bytes | None
+    ) -> bool:
+        keys = [self._k(k, sid) for k in ("lease", "steps", "reanchors", "last", "rec")]
+        args: list = [replica, expected, len(steps), *(json.dumps(s.to_dict()) for s in steps)]
+        args += [len(reanchors), *reanchors, last or b""]
+        return int(await self._append(keys=keys, args=args)) >= 0
+
+    async def last_result(self, sid: str) -> bytes | None:
+        return await self.redis.get(self._k("last", sid))
+
+    async def acquire_lease(self, sid: str, replica: str, ttl_s: float) -> bool:
+        return bool(await self._acquire(keys=[self._k("lease", sid)], args=[replica, int(ttl_s * 1000)]))
+
+    async def release_lease(self, sid: str, replica: str) -> None:
+        await self._release(keys=[self._k("lease", sid)], args=[replica])
+
+    async def close(self) -> None:
+        await asyncio.shield(self.redis.aclose())
+
+
+def make_registry(url: str | None, prefix: str) -> Registry:
+    return RedisRegistry(url, prefix) if url else MemoryRegistry()

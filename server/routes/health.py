@@ -1,0 +1,35 @@
+"""Liveness, readiness (model loaded, Redis reachable when configured) and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from server.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="The process is alive")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}}, summary="Ready to serve")
+async def readyz(request: Request) -> Response:
+    state = request.app.state
+    checks = {"model": "loaded" if getattr(state, "service", None) is not None else "not loaded"}
+    if state.settings.redis_url:
+        try:
+            await state.service.registry.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"unreachable: {exc.__class__.__name__}"
+    ok = checks["model"] == "loaded" and checks.get("redis", "ok") == "ok"
+    return JSONResponse(Health(status="ok" if ok else "unavailable", checks=checks).model_dump(), 200 if ok else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics (ivideogpt_*)", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,118 @@
+"""/v1/sessions: create, step, imagine, get, delete (JSON or msgpack, same schemas)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from server.auth import Caller
+from server.convert import floats_in, floats_out, frames_in, frames_out
+from server.registry import SessionRecord
+from server.schemas import (
+    CreateSessionRequest,
+    ErrorBody,
+    ImagineRequest,
+    ImagineResponse,
+    SessionInfo,
+    StepRequest,
+    StepResponse,
+)
+from server.sessions import SessionService
+from server.wire import WireRoute, msgpack_response, wants_msgpack
+
+ERRORS = {
+    s: {"model": ErrorBody, "description": d}
+    for s, d in {
+        401: "missing or unknown API key",
+        404: "unknown session (or another key's)",
+        409: "step_index conflict",
+        413: "body too large",
+        422: "invalid input: the error names the field",
+        429: "limit or engine capacity reached: see Retry-After",
+    }.items()
+}
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"], route_class=WireRoute, responses=ERRORS)
+
+
+def service(request: Request) -> SessionService:
+    return request.app.state.service
+
+
+Svc = Annotated[SessionService, Depends(service)]
+
+
+def _time(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def session_info(rec: SessionRecord, step_index: int) -> dict:
+    return SessionInfo(
+        session_id=rec.session_id,
+        model=rec.model,
+        step_index=step_index,
+        created=_time(rec.created),
+        expires=_time(rec.expires),
+        sampling=rec.sampling,
+    ).model_dump(mode="json")
+
+
+def _reply(request: Request, payload: dict, status: int = 200) -> Response:
+    if wants_msgpack(request):
+        return msgpack_response(payload, status)
+    return JSONResponse(payload, status)
+
+
+@router.post("", status_code=201, response_model=SessionInfo, summary="Open a session on context frames")
+async def create_session(body: CreateSessionRequest, request: Request, key: Caller, svc: Svc) -> Response:
+    frames = frames_in(body.context_frames, "context_frames", svc.info["image_size"])
+    rec = await svc.create(key, frames, body.sampling.model_dump())
+    return _reply(request, session_info(rec, 0), 201)
+
+
+@router.get("/{session_id}", response_model=SessionInfo, summary="A session's step index, times, model")
+async def get_session(session_id: str, request: Request, key: Caller, svc: Svc) -> Response:
+    rec, n = await svc.get(key, session_id)
+    return _reply(request, session_info(rec, n))
+
+
+@router.delete("/{session_id}", status_code=204, summary="Close a session and forget its history")
+async def delete_session(session_id: str, key: Caller, svc: Svc) -> Response:
+    await svc.delete(key, session_id)
+    return Response(status_code=204)
+
+
+@router.post("/{session_id}/step", response_model=StepResponse, summary="Predict one frame per action")
+async def step(
+    session_id: str,
+    body: StepRequest,
+    request: Request,
+    key: Caller,
+    svc: Svc,
+) -> Response:
+    actions = floats_in(body.actions, "actions", 2)
+    out = await svc.step(key, session_id, actions, body.step_index, "frames" in body.return_)
+    binary = wants_msgpack(request)
+    payload = {
+        "frames": frames_out(out.frames, binary) if "frames" in body.return_ else None,
+        "rewards": floats_out(out.rewards, binary) if "rewards" in body.return_ else None,
+        "step_index": out.step_index,
+    }
+    return _reply(request, payload)
+
+
+@router.post("/{session_id}/imagine", response_model=ImagineResponse, summary="K rollouts; the session is unchanged")
+async def imagine(
+    session_id: str,
+    body: ImagineRequest,
+    request: Request,
+    key: Caller,
+    svc: Svc,
+) -> Response:
+    seqs = floats_in(body.action_sequences, "action_sequences", 3)
+    out = await svc.imagine(key, session_id, seqs, body.return_frames)
+    binary = wants_msgpack(request)
+    return _reply(request, {"rewards": floats_out(out.rewards, binary), "frames": frames_out(out.frames, binary)})

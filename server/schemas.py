@@ -1,0 +1,191 @@
+"""Request and response bodies (pydantic): the OpenAPI schema and the validation in one place.
+
+JSON carries frames as base64 PNG; ``application/msgpack`` bodies carry the same fields with
+frames and float arrays as ``{"shape", "dtype", "data"}`` (raw little-endian bytes).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+PNG_EXAMPLE = "iVBORw0KGgo..."  # base64 PNG (shortened)
+
+
+class Array(BaseModel):
+    """A raw array: uint8 frames ``[n, H, W, 3]`` or float32 values; ``data`` is bytes (base64 in JSON)."""
+
+    model_config = ConfigDict(json_schema_extra={"example": {"shape": [1, 4], "dtype": "float32", "data": "AAAAAA=="}})
+
+    shape: list[Annotated[int, Field(ge=0)]]
+    dtype: Literal["uint8", "float32"]
+    data: bytes
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _b64(cls, v: object) -> object:
+        if isinstance(v, str):
+            try:
+                return base64.b64decode(v, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("not base64") from None
+        return v
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: FiniteFloat = Field(1.0, gt=0, le=100, description="softmax temperature (ignored when greedy)")
+    top_k: int = Field(100, ge=0, le=1 << 20, description="keep the k most likely tokens; 0 = all")
+    greedy: bool = Field(False, description="argmax instead of sampling")
+    seed: int = Field(0, ge=0, lt=1 << 63, description="same seed, same actions: same frames")
+
+
+class CreateSessionRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "context_frames": [PNG_EXAMPLE, PNG_EXAMPLE],
+                "sampling": {"temperature": 1.0, "top_k": 100, "greedy": False, "seed": 7},
+            }
+        },
+    )
+
+    context_frames: list[str] | Array = Field(
+        description="the model's context frames: base64 PNGs (RGB, image_size square), or a uint8 [c, H, W, 3] array"
+    )
+    sampling: Sampling = Field(default_factory=Sampling)
+
+
+class SessionInfo(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "session_id": "3f2a9c0d5e6b47a1b2c3d4e5f6a7b8c9",
+                "model": "tiny",
+                "step_index": 0,
+                "created": "2026-11-26T15:00:00Z",
+                "expires": "2026-11-26T16:00:00Z",
+                "sampling": {"temperature": 1.0, "top_k": 100, "greedy": False, "seed": 7},
+            }
+        }
+    )
+
+    session_id: str
+    model: str
+    step_index: int = Field(description="frames predicted so far; the next step's first frame has this index")
+    created: datetime
+    expires: datetime
+    sampling: Sampling
+
+
+class StepRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={"example": {"actions": [[0.1, -0.2, 0.0, 1.0]], "step_index": 0}},
+    )
+
+    actions: list[list[FiniteFloat]] | Array = Field(description="[h, action_dim]: one predicted frame per row")
+    step_index: int | None = Field(
+        None,
+        ge=0,
+        description="the session's step index this request expects; a retry with an index already done "
+        "returns the recorded result instead of stepping twice",
+    )
+    return_: list[Literal["frames", "rewards"]] = Field(["frames", "rewards"], alias="return")
+
+
+class StepResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"frames": [PNG_EXAMPLE], "rewards": [0.12], "step_index": 1}}
+    )
+
+    frames: list[str] | Array | None = Field(None, description="base64 PNGs (JSON) or uint8 [h, H, W, 3] (msgpack)")
+    rewards: list[float] | Array | None = None
+    step_index: int = Field(description="the session's step index after this request")
+
+
+class ImagineRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {"action_sequences": [[[0.1, 0.0, 0.0, 1.0]], [[-0.1, 0.0, 0.0, 1.0]]], "return_frames": False}
+        },
+    )
+
+    action_sequences: list[list[list[FiniteFloat]]] | Array = Field(description="[K, h, action_dim]")
+    return_frames: bool = False
+
+
+class ImagineResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"rewards": [[0.12], [0.05]], "frames": None}})
+
+    rewards: list[list[float]] | Array | None = None
+    frames: list[list[str]] | Array | None = Field(None, description="[K][h] base64 PNGs, or uint8 [K, h, H, W, 3]")
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "name": "tiny",
+                "image_size": 64,
+                "context_frames": 2,
+                "action_dim": 4,
+                "reward_head": True,
+                "tokens_per_context_frame": 64,
+                "tokens_per_frame": 16,
+                "max_horizon": 32,
+                "max_imagine_sequences": 64,
+                "max_imagine_frames": 512,
+                "sampling_defaults": {"temperature": 1.0, "top_k": 100, "greedy": False, "seed": 0},
+            }
+        }
+    )
+
+    name: str
+    image_size: int
+    context_frames: int
+    action_dim: int
+    reward_head: bool
+    tokens_per_context_frame: int
+    tokens_per_frame: int
+    max_horizon: int
+    max_imagine_sequences: int
+    max_imagine_frames: int
+    sampling_defaults: Sampling
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    code: str = Field(description="invalid_input, session_not_found, capacity, too_many_sessions, conflict, ...")
+    field: str | None = Field(description="the offending input, e.g. actions[0][2]")
+    message: str
+    retry_after: float | None = None
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"error": {"status": 422, "code": "invalid_input", "field": "actions[0][1]", "message": "NaN"}}
+        }
+    )
+
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,366 @@
+"""The session service: every transport (REST, WebSocket, gRPC) calls this, so they behave alike.
+
+It owns what the engine cannot know: who owns a session (API key), the shared history in the
+registry, which replica may touch a session right now (a lease), restoring a session whose
+engine state is gone, and idempotent retries by ``step_index``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+
+from ivideogpt.engine import SessionNotFound
+from ivideogpt.sampling import SamplingParams
+from server.backend import Backend
+from server.codec import context_to_engine, to_uint8_hwc
+from server.errors import ApiError, from_engine, invalid, not_found
+from server.metrics import Metrics
+from server.registry import Registry, SessionRecord
+from server.settings import Settings
+
+
+@dataclass
+class FrameOut:
+    step_index: int
+    frame: np.ndarray | None  # uint8 [H, W, 3]
+    reward: float | None
+
+
+@dataclass
+class StepOut:
+    frames: np.ndarray | None  # uint8 [h, H, W, 3]
+    rewards: np.ndarray | None  # float32 [h]
+    step_index: int  # after the step
+
+
+@dataclass
+class ImagineOut:
+    rewards: np.ndarray | None  # float32 [K, h]
+    frames: np.ndarray | None  # uint8 [K, h, H, W, 3]
+
+
+OnFrame = Callable[[FrameOut], Awaitable[None]]
+
+
+class SessionService:
+    def __init__(self, settings: Settings, backend: Backend, registry: Registry, metrics: Metrics):
+        self.settings, self.backend, self.registry, self.metrics = settings, backend, registry, metrics
+        self.info = backend.model_info()
+        self.replica = settings.replica_id
+        self._locks: dict[str, asyncio.Lock] = {}
+        # what this replica's engine holds of each session: (steps, re-anchors) it was built with
+        self._local: dict[str, tuple[int, int]] = {}
+
+    # model
+    def model_info(self) -> dict:
+        s, i = self.settings, self.info
+        return {
+            "name": i["name"],
+            "image_size": i["image_size"],
+            "context_frames": i["context_frames"],
+            "action_dim": i["action_dim"],
+            "reward_head": i["reward_head"],
+            "tokens_per_context_frame": i["tokens_per_context_frame"],
+            "tokens_per_frame": i["tokens_per_frame"],
+            "max_horizon": s.max_horizon,
+            "max_imagine_sequences": s.max_imagine_sequences,
+            "max_imagine_frames": s.max_imagine_frames,
+            "sampling_defaults": {k: v for k, v in i["sampling_defaults"].items() if k != "restrict_to_future_codes"},
+        }
+
+    # validation (before anything changes)
+    def check_context(self, frames: np.ndarray, field: str = "context_frames") -> np.ndarray:
+        c, r = self.info["context_frames"], self.info["image_size"]
+        if frames.ndim != 4 or frames.shape[1:] != (r, r, 3):
+            raise invalid(field, f"shape {list(frames.shape)}, expected [{c}, {r}, {r}, 3]")
+        if frames.shape[0] != c:
+            raise invalid(field, f"{frames.shape[0]} frames, the model takes {c}")
+        if frames.dtype != np.uint8:
+            raise invalid(field, f"dtype {frames.dtype}, expected uint8")
+        return frames
+
+    def check_actions(self, actions: np.ndarray, field: str = "actions") -> np.ndarray:
+        a, dim = np.asarray(actions, dtype=np.float32), self.info["action_dim"]
+        if a.ndim != 2 or a.shape[1] != dim:
+            raise invalid(field, f"shape {list(a.shape)}, expected [h, {dim}]")
+        if not 1 <= a.shape[0] <= self.settings.max_horizon:
+            raise invalid(field, f"{a.shape[0]} actions, 1..{self.settings.max_horizon} per request")
+        if not np.isfinite(a).all():
+            raise invalid(field, "NaN or infinite values")
+        return np.ascontiguousarray(a)
+
+    def check_sequences(self, seqs: np.ndarray, field: str = "action_sequences") -> np.ndarray:
+        a, dim, s = np.asarray(seqs, dtype=np.float32), self.info["action_dim"], self.settings
+        if a.ndim != 3 or a.shape[2] != dim or a.shape[0] < 1 or a.shape[1] < 1:
+            raise invalid(field, f"shape {list(a.shape)}, expected [K, h, {dim}] with K, h >= 1")
+        k, h = a.shape[:2]
+        if k > s.max_imagine_sequences:
+            raise invalid(field, f"{k} sequences, at most {s.max_imagine_sequences}")
+        if h > s.max_horizon:
+            raise invalid(field, f"horizon {h}, at most {s.max_horizon}")
+        if k * h > s.max_imagine_frames:
+            raise invalid(field, f"K x horizon = {k * h} frames, at most {s.max_imagine_frames}")
+        if not np.isfinite(a).all():
+            raise invalid(field, "NaN or infinite values")
+        return np.ascontiguousarray(a)
+
+    # operations
+    async def create(self, key_id: str, frames: np.ndarray, sampling: dict) -> SessionRecord:
+        frames = self.check_context(frames)
+        limit = self.settings.max_sessions_per_key
+        if await self.registry.count_sessions(key_id) >= limit:
+            raise ApiError(429, "too_many_sessions", f"this key holds {limit} sessions (the limit)", None, 5.0)
+        params = SamplingParams(**sampling)
+        try:
+            sid = await asyncio.to_thread(self.backend.open, context_to_engine(frames), params)
+            history = await asyncio.to_thread(self.backend.history, sid)
+        except Exception as exc:
+            raise from_engine(exc) from None
+        now = time.time()
+        rec = SessionRecord(
+            sid, key_id, self.info["name"], sampling, now, now + self.settings.session_ttl_s, self.replica
+        )
+        rec.owner_addr = self.settings.address()
+        await self.registry.create(rec, history)
+        self._local[sid] = (len(history.steps), len(history.reanchors))
+        return rec
+
+    async def get(self, key_id: str, sid: str) -> tuple[SessionRecord, int]:
+        rec = await self._record(key_id, sid)
+        return rec, await self.registry.step_count(sid)
+
+    async def delete(self, key_id: str, sid: str) -> None:
+        await self._record(key_id, sid)
+        async with self._session(sid):
+            await self.registry.delete(sid, key_id)
+            await self._drop_local(sid)
+        self._locks.pop(sid, None)
+
+    async def step(
+        self,
+        key_id: str,
+        sid: str,
+        actions: np.ndarray,
+        step_index: int | None = None,
+        want_frames: bool = True,
+        on_frame: OnFrame | None = None,
+        transport: str = "rest",
+    ) -> StepOut:
+        t0 = time.perf_counter()
+        actions = self.check_actions(actions)
+        rec = await self._record(key_id, sid)
+        async with self._session(sid):
+            n = await self.registry.step_count(sid)
+            if step_index is not None and step_index != n:
+                out = await self._replay(sid, n, step_index, actions, want_frames, on_frame)
+                self.metrics.step_latency.labels(transport).observe(time.perf_counter() - t0)
+                return out
+            await self._ensure_local(sid, n)
+            self.metrics.queue_wait.observe(time.perf_counter() - t0)
+            frames, rewards = await self._run_step(sid, n, actions, want_frames, on_frame, t0)
+            hist = await asyncio.to_thread(self.backend.history, sid)
+            _, known_reanchors = self._local[sid]
+            new_steps, new_reanchors = hist.steps[n:], hist.reanchors[known_reanchors:]
+            last = msgpack.packb(
+                {
+                    "start": n,
+                    "actions": actions.astype("<f4").tobytes(),
+                    "frames": None if frames is None else frames.tobytes(),
+                    "shape": None if frames is None else list(frames.shape),
+                    "rewards": None if rewards is None else rewards.astype("<f4").tobytes(),
+                }
+            )
+            if not await self.registry.append(sid, self.replica, n, new_steps, new_reanchors, last):
+                await self._drop_local(sid)
+                raise ApiError(409, "conflict", "the session changed during this step: retry", "step_index", 1.0)
+            self._local[sid] = (len(hist.steps), len(hist.reanchors))
+            await self._touch(rec)
+        h = actions.shape[0]
+        self.metrics.frames.inc(h)
+        self.metrics.tokens.inc(h * self.info["tokens_per_frame"])
+        self.metrics.step_latency.labels(transport).observe(time.perf_counter() - t0)
+        return StepOut(frames, rewards, n + h)
+
+    async def imagine(self, key_id: str, sid: str, seqs: np.ndarray, return_frames: bool) -> ImagineOut:
+        t0 = time.perf_counter()
+        seqs = self.check_sequences(seqs)
+        rec = await self._record(key_id, sid)
+        async with self._session(sid):
+            n = await self.registry.step_count(sid)
+            await self._ensure_local(sid, n)
+            self.metrics.queue_wait.observe(time.perf_counter() - t0)
+            result = await self._call(self.backend.imagine, sid, seqs, return_frames)
+            hist = await asyncio.to_thread(self.backend.history, sid)
+            steps, known_reanchors = self._local[sid]
+            if len(hist.reanchors) > known_reanchors:  # imagine re-anchored the session: record it
+                new = hist.reanchors[known_reanchors:]
+                if not await self.registry.append(sid, self.replica, n, [], new, None):
+                    await self._drop_local(sid)
+                    raise ApiError(409, "conflict", "the session changed during this request: retry", None, 1.0)
+                self._local[sid] = (steps, len(hist.reanchors))
+            await self._touch(rec)
+        k, h = seqs.shape[:2]
+        self.metrics.frames.inc(k * h)
+        self.metrics.tokens.inc(k * h * self.info["tokens_per_frame"])
+        self.metrics.imagine_latency.observe(time.perf_counter() - t0)
+        rewards = None if result.rewards is None else result.rewards.float().numpy()
+        frames = None
+        if result.frames is not None:
+            frames = to_uint8_hwc(result.frames.reshape(k * h, *result.frames.shape[2:]))
+            frames = frames.reshape(k, h, *frames.shape[1:])
+        return ImagineOut(rewards, frames)
+
+    # helpers
+    async def _record(self, key_id: str, sid: str) -> SessionRecord:
+        rec = await self.registry.get(sid)
+        if rec is None or rec.key_id != key_id:  # another key's session does not exist for this key
+            raise not_found(sid)
+        return rec
+
+    async def _touch(self, rec: SessionRecord) -> None:
+        rec.expires = time.time() + self.settings.session_ttl_s
+        rec.owner, rec.owner_addr = self.replica, self.settings.address()
+        await self.registry.touch(rec)
+
+    @contextlib.asynccontextmanager
+    async def _session(self, sid: str) -> AsyncIterator[None]:
+        """This replica's lock on the session, then the registry lease (renewed while held)."""
+        lock = self._locks.setdefault(sid, asyncio.Lock())
+        async with lock:
+            s = self.settings
+            deadline = time.monotonic() + s.lease_wait_s
+            while not await self.registry.acquire_lease(sid, self.replica, s.lease_ttl_s):
+                if time.monotonic() > deadline:
+                    raise ApiError(429, "session_busy", "another replica is serving this session", None, 1.0)
+                await asyncio.sleep(0.02)
+            renew = asyncio.create_task(self._renew(sid))
+            try:
+                yield
+            finally:
+                renew.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renew
+                await self.registry.release_lease(sid, self.replica)
+
+    async def _renew(self, sid: str) -> None:
+        ttl = self.settings.lease_ttl_s
+        while True:
+            await asyncio.sleep(ttl / 3)
+            await self.registry.acquire_lease(sid, self.replica, ttl)
+
+    async def _ensure_local(self, sid: str, n: int) -> None:
+        """Rebuild the engine's copy from the registry unless it is exactly the recorded session."""
+        if self._local.get(sid, (-1, -1))[0] == n and self.backend.has(sid):
+            return
+        await self._restore(sid)
+
+    async def _restore(self, sid: str) -> None:
+        history = await self.registry.history(sid)
+        if history is None:
+            raise not_found(sid)
+        await self._drop_local(sid)
+        await self._call(self.backend.restore, history, sid)
+        self._local[sid] = (len(history.steps), len(history.reanchors))
+        self.metrics.gateway_restores.inc()
+
+    async def _drop_local(self, sid: str) -> None:
+        self._local.pop(sid, None)
+        if self.backend.has(sid):
+            with contextlib.suppress(SessionNotFound):
+                await asyncio.to_thread(self.backend.close, sid)
+
+    async def _call(self, fn: Callable, *args: object) -> object:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except Exception as exc:
+            raise from_engine(exc) from None
+
+    async def _run_step(
+        self, sid: str, n: int, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None, t0: float
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        outs, error = await self._stream_frames(sid, actions, want_frames, on_frame, t0)
+        if isinstance(error, SessionNotFound) and not outs:
+            await self._restore(sid)  # evicted between the check and the step
+            outs, error = await self._stream_frames(sid, actions, want_frames, on_frame, t0)
+        if error is not None:
+            if outs:  # the engine's copy is ahead of the registry now
+                await self._drop_local(sid)
+            raise from_engine(error) if isinstance(error, Exception) else error
+        frames = np.stack([o.frame for o in outs]) if want_frames else None
+        rewards = None
+        if self.info["reward_head"]:
+            rewards = np.array([o.reward for o in outs], dtype=np.float32)
+        return frames, rewards
+
+    async def _stream_frames(
+        self, sid: str, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None, t0: float
+    ) -> tuple[list[FrameOut], BaseException | None]:
+        """Run the engine's frame stream in a worker thread; hand each frame on as it is decoded."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+
+        def work() -> None:
+            try:
+                for fr in self.backend.step_stream(sid, actions, want_frames):
+                    img = None if fr.frame is None else to_uint8_hwc(fr.frame[None])[0]
+                    loop.call_soon_threadsafe(queue.put_nowait, FrameOut(fr.step_index, img, fr.reward))
+            except BaseException as exc:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        worker = loop.run_in_executor(None, work)
+        outs: list[FrameOut] = []
+        error: BaseException | None = None
+        while (item := await queue.get()) is not done:
+            if isinstance(item, BaseException):
+                error = item
+                continue
+            if not outs:
+                self.metrics.first_frame.observe(time.perf_counter() - t0)
+            outs.append(item)
+            if on_frame is not None:
+                try:
+                    await on_frame(item)
+                except Exception:  # the consumer went away: the step still completes and is recorded
+                    on_frame = None
+        await worker
+        return outs, error
+
+    async def _replay(
+        self, sid: str, n: int, step_index: int, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None
+    ) -> StepOut:
+        """A retried step: answer from the record instead of stepping twice."""
+        if step_index > n:
+            raise ApiError(409, "conflict", f"step_index {step_index}, the session is at step {n}", "step_index")
+        raw = await self.registry.last_result(sid)
+        last = None if raw is None else msgpack.unpackb(raw)
+        h = actions.shape[0]
+        if last is None or last["start"] != step_index or last["actions"] != actions.astype("<f4").tobytes():
+            raise ApiError(
+                409,
+                "conflict",
+                f"step_index {step_index} is already recorded (the session is at step {n}) and is not the "
+                "latest request with these actions: only the latest step request can be retried",
+                "step_index",
+            )
+        if want_frames and last["frames"] is None:
+            raise ApiError(409, "conflict", "the recorded step did not return frames", "return")
+        frames = None
+        if last["frames"] is not None and want_frames:
+            frames = np.frombuffer(last["frames"], dtype=np.uint8).reshape(last["shape"])
+        rewards = None if last["rewards"] is None else np.frombuffer(last["rewards"], dtype="<f4").astype(np.float32)
+        if on_frame is not None:
+            for i in range(h):
+                r = None if rewards is None else float(rewards[i])
+                await on_frame(FrameOut(step_index + i, None if frames is None else frames[i], r))
+        self.metrics.idempotent_replays.inc()
+        return StepOut(frames, rewards, step_index + h)

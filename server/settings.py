@@ -1,0 +1,63 @@
+"""Every gateway setting, read from the environment (``IVIDEOGPT_*``) so one image runs anywhere."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from functools import cached_property
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IVIDEOGPT_", extra="ignore")
+
+    # what to serve
+    model_dir: str = Field("models/default", description="checkpoint folder (config.json + model.safetensors)")
+    backend: Literal["local", "triton"] = Field("local", description="local: engine in this process")
+    triton_url: str | None = Field(None, description="Triton gRPC address for the triton backend")
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    cache_bytes: int = Field(1 << 30, description="KV cache budget of the local engine")
+    engine_idle_s: float = Field(600.0, description="engine evicts a session idle this long (history stays)")
+
+    # where to listen (the CLI flags override these)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    grpc_port: int | None = None
+    public_url: str | None = Field(None, description="this replica's address as other replicas reach it")
+    replica_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    # sessions that survive
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("IVIDEOGPT_REDIS_URL", "REDIS_URL"),
+        description="unset: in-memory registry (one replica, sessions die with it)",
+    )
+    redis_prefix: str = "ivideogpt:"
+    session_ttl_s: float = Field(3600.0, description="a session expires this long after its last request")
+    lease_ttl_s: float = Field(10.0, description="a replica's hold on a session while it serves a request")
+    lease_wait_s: float = Field(5.0, description="how long a request waits for another replica's lease")
+
+    # auth and limits
+    api_keys: str = Field("", description="comma-separated API keys; empty: open service")
+    max_body_bytes: int = 8 << 20
+    max_horizon: int = Field(32, description="actions per step request")
+    max_imagine_sequences: int = Field(64, description="K of an imagine request")
+    max_imagine_frames: int = Field(512, description="K x horizon of an imagine request")
+    max_sessions_per_key: int = 64
+
+    @cached_property
+    def keys(self) -> dict[str, str]:
+        """key id (a hash: raw keys are never stored) -> key."""
+        raw = [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        return {key_id(k): k for k in raw}
+
+    def address(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+def key_id(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16] if key else "anonymous"
