@@ -345,19 +345,46 @@ class SessionService:
         last = None if raw is None else msgpack.unpackb(raw)
         h = actions.shape[0]
         if last is None or last["start"] != step_index or last["actions"] != actions.astype("<f4").tobytes():
-            raise ApiError(
-                409,
-                "conflict",
-                f"step_index {step_index} is already recorded (the session is at step {n}) and is not the "
-                "latest request with these actions: only the latest step request can be retried",
-                "step_index",
-            )
-        if want_frames and last["frames"] is None:
-            raise ApiError(409, "conflict", "the recorded step did not return frames", "return")
+            return await self._replay_from_history(sid, n, step_index, actions, want_frames, on_frame)
+        if want_frames and last["frames"] is None:  # the first answer had no frames: re-decode them
+            return await self._replay_from_history(sid, n, step_index, actions, want_frames, on_frame)
         frames = None
         if last["frames"] is not None and want_frames:
             frames = np.frombuffer(last["frames"], dtype=np.uint8).reshape(last["shape"])
         rewards = None if last["rewards"] is None else np.frombuffer(last["rewards"], dtype="<f4").astype(np.float32)
+        if on_frame is not None:
+            for i in range(h):
+                r = None if rewards is None else float(rewards[i])
+                await on_frame(FrameOut(step_index + i, None if frames is None else frames[i], r))
+        self.metrics.idempotent_replays.inc()
+        return StepOut(frames, rewards, step_index + h)
+
+    async def _replay_from_history(
+        self, sid: str, n: int, step_index: int, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None
+    ) -> StepOut:
+        """An older retry: the recorded actions must match; frames are re-decoded from the recorded tokens."""
+        h = actions.shape[0]
+        history = await self.registry.history(sid)
+        recorded = [] if history is None else history.steps[step_index : step_index + h]
+        if len(recorded) != h or not np.array_equal(np.asarray([r.action for r in recorded], np.float32), actions):
+            raise ApiError(
+                409,
+                "conflict",
+                f"step_index {step_index} is already recorded (the session is at step {n}) with other actions "
+                "or another horizon",
+                "step_index",
+            )
+        frames = None
+        if want_frames:
+            await self._ensure_local(sid, n)
+            try:
+                raw = await self._call(self.backend.recorded_frames, sid, step_index, step_index + h)
+            except ApiError as err:  # older than the engine keeps decoder features for
+                raise ApiError(409, "conflict", err.message, "step_index") from None
+            frames = to_uint8_hwc(raw)
+        rewards = None
+        if self.info["reward_head"]:
+            rewards = np.array([r.reward for r in recorded], dtype=np.float32)
         if on_frame is not None:
             for i in range(h):
                 r = None if rewards is None else float(rewards[i])

@@ -1,0 +1,193 @@
+"""Sessions that survive: Redis registry and history, restore after a kill, two replicas, retries, expiry.
+
+Real Redis at 127.0.0.1:6379 (``.ci/run`` starts one), a fresh key prefix per module.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+import torch
+from gateway_helpers import REDIS_URL, Gateway, actions, clear_redis, context, decode_png_b64, model_dir, png_b64
+from gateway_helpers import redis_prefix as new_prefix
+
+from ivideogpt.engine import EngineConfig, RolloutEngine
+from ivideogpt.sampling import SamplingParams
+from server.codec import to_uint8_hwc
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return model_dir(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def prefix():
+    p = new_prefix()
+    yield p
+    clear_redis(p)
+
+
+@pytest.fixture(scope="module")
+def env(model_path: Path, prefix: str) -> dict[str, str]:
+    return {
+        "IVIDEOGPT_MODEL_DIR": str(model_path),
+        "REDIS_URL": REDIS_URL,  # the unprefixed name works too
+        "IVIDEOGPT_REDIS_PREFIX": prefix,
+        "IVIDEOGPT_SESSION_TTL_S": "120",
+        "IVIDEOGPT_ENGINE_IDLE_S": "1",  # the engine evicts idle sessions fast: restores happen
+    }
+
+
+@pytest.fixture(scope="module")
+def pair(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
+    logs = tmp_path_factory.mktemp("logs")
+    a = Gateway(env, log=logs / "a.log")
+    try:
+        b = Gateway(env, log=logs / "b.log")
+    except BaseException:
+        a.stop()
+        raise
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(model_path: Path):
+    eng = RolloutEngine.from_checkpoint(model_path, EngineConfig(cache_bytes=64 << 20))
+    yield eng
+    eng.shutdown()
+
+
+def uninterrupted(eng: RolloutEngine, seed: int, chunks: list[list]) -> np.ndarray:
+    sid = eng.open(torch.from_numpy(context(0).transpose(0, 3, 1, 2).copy()), SamplingParams(seed=seed))
+    try:
+        return np.concatenate([to_uint8_hwc(eng.step(sid, torch.tensor(c)).frames) for c in chunks])
+    finally:
+        eng.close(sid)
+
+
+def create(url: str, seed: int) -> str:
+    r = httpx.post(
+        f"{url}/v1/sessions",
+        json={"context_frames": [png_b64(f) for f in context(0)], "sampling": {"seed": seed}},
+        timeout=60,
+    )
+    assert r.status_code == 201, r.text
+    return r.json()["session_id"]
+
+
+def step(url: str, sid: str, acts: list, step_index: int | None = None) -> dict:
+    body = {"actions": acts} if step_index is None else {"actions": acts, "step_index": step_index}
+    r = httpx.post(f"{url}/v1/sessions/{sid}/step", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def frames_of(body: dict) -> np.ndarray:
+    return np.stack([decode_png_b64(f) for f in body["frames"]])
+
+
+def test_ready_checks_redis(pair: tuple[Gateway, Gateway]) -> None:
+    r = httpx.get(f"{pair[0].url}/readyz")
+    assert r.status_code == 200 and r.json()["checks"]["redis"] == "ok"
+
+
+def test_killed_gateway_session_continues_elsewhere(
+    env: dict[str, str], pair: tuple[Gateway, Gateway], reference: RolloutEngine, tmp_path: Path
+) -> None:
+    chunks = [actions(1, 3), actions(2, 2), actions(3, 3)]
+    victim = Gateway(env, log=tmp_path / "victim.log")
+    try:
+        sid = create(victim.url, seed=21)
+        got = [frames_of(step(victim.url, sid, chunks[0]))]
+    finally:
+        victim.kill()  # SIGKILL mid-rollout: nothing is flushed, the engine state is gone
+    fresh = Gateway(env, log=tmp_path / "fresh.log")  # a new process on the same Redis
+    try:
+        got.append(frames_of(step(fresh.url, sid, chunks[1], step_index=3)))
+        got.append(frames_of(step(pair[0].url, sid, chunks[2], step_index=5)))
+    finally:
+        fresh.stop()
+    np.testing.assert_array_equal(np.concatenate(got), uninterrupted(reference, 21, chunks))
+    assert httpx.get(f"{pair[0].url}/v1/sessions/{sid}").json()["step_index"] == 8
+
+
+def test_two_replicas_alternate_without_divergence(pair: tuple[Gateway, Gateway], reference: RolloutEngine) -> None:
+    a, b = pair
+    chunks = [actions(10 + i, 2) for i in range(4)]
+    sid = create(a.url, seed=5)
+    got = [frames_of(step((a, b)[i % 2].url, sid, c)) for i, c in enumerate(chunks)]
+    np.testing.assert_array_equal(np.concatenate(got), uninterrupted(reference, 5, chunks))
+    # a retry sent to the other replica returns the recorded result, not a second step
+    again = step(a.url, sid, chunks[3], step_index=6)
+    np.testing.assert_array_equal(frames_of(again), got[3])
+    older = step(b.url, sid, chunks[2], step_index=4)
+    np.testing.assert_array_equal(frames_of(older), got[2])
+    assert httpx.get(f"{b.url}/v1/sessions/{sid}").json()["step_index"] == 8
+
+
+def test_concurrent_requests_on_two_replicas_never_double_step(pair: tuple[Gateway, Gateway], prefix: str) -> None:
+    a, b = pair
+    sid = create(a.url, seed=6)
+    acts = actions(30, 2)
+
+    def send(url: str) -> httpx.Response:
+        return httpx.post(f"{url}/v1/sessions/{sid}/step", json={"actions": acts, "step_index": 0}, timeout=120)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(send, [a.url, b.url, a.url, b.url]))
+    assert all(r.status_code == 200 for r in results), [r.text for r in results]
+    assert all(r.json() == results[0].json() for r in results)  # one step, three replays
+    assert httpx.get(f"{a.url}/v1/sessions/{sid}").json()["step_index"] == 2
+
+    # without step_index: each request is its own step, serialised by the lease
+    def plain(url: str) -> httpx.Response:
+        return httpx.post(f"{url}/v1/sessions/{sid}/step", json={"actions": acts}, timeout=120)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(plain, [a.url, b.url, a.url, b.url]))
+    assert sorted(r.json()["step_index"] for r in results) == [4, 6, 8, 10]
+    assert redis.Redis.from_url(REDIS_URL).llen(f"{prefix}steps:{sid}") == 10
+
+
+def test_evicted_session_is_restored_transparently(pair: tuple[Gateway, Gateway], reference: RolloutEngine) -> None:
+    import time
+
+    a, _ = pair
+    chunks = [actions(40, 2), actions(41, 2)]
+    sid = create(a.url, seed=8)
+    first = frames_of(step(a.url, sid, chunks[0]))
+    before = _metric(a, "ivideogpt_evictions_total")
+    time.sleep(1.5)
+    httpx.delete(f"{a.url}/v1/sessions/{create(a.url, seed=0)}")  # an open evicts the idle session
+    assert _metric(a, "ivideogpt_evictions_total") > before
+    second = frames_of(step(a.url, sid, chunks[1]))
+    np.testing.assert_array_equal(np.concatenate([first, second]), uninterrupted(reference, 8, chunks))
+    assert _metric(a, "ivideogpt_restores_total") >= 1
+
+
+def _metric(g: Gateway, name: str) -> float:
+    for line in httpx.get(f"{g.url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not exposed")
+
+
+def test_keys_expire_with_the_session(pair: tuple[Gateway, Gateway], prefix: str) -> None:
+    a, _ = pair
+    sid = create(a.url, seed=1)
+    step(a.url, sid, actions(0, 1))
+    r = redis.Redis.from_url(REDIS_URL)
+    keys = [k.decode() for k in r.scan_iter(match=f"{prefix}*{sid}")]
+    assert {k.split(":")[-2] for k in keys} >= {"rec", "hist", "steps", "last"}
+    for k in keys:
+        assert 0 < r.ttl(k) <= 120
+    assert httpx.delete(f"{a.url}/v1/sessions/{sid}").status_code == 204
+    assert not list(r.scan_iter(match=f"{prefix}*{sid}"))
