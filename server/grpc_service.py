@@ -1,0 +1,200 @@
+"""gRPC ``worldmodel.v1.WorldModel`` (grpc.aio) on the REST process's event loop and session service."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+
+from server.auth import check_key
+from server.codec import array_from, array_payload, decode_png
+from server.errors import ApiError
+from server.proto_gen.worldmodel.v1 import worldmodel_pb2 as pb
+from server.proto_gen.worldmodel.v1 import worldmodel_pb2_grpc as pb_grpc
+from server.registry import SessionRecord
+from server.sessions import FrameOut, SessionService
+from server.settings import Settings
+
+STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ABORTED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def tensor_in(t: pb.Tensor, field: str) -> np.ndarray:
+    if not t.dtype and not t.shape:
+        raise ApiError(422, "invalid_input", "missing", field)
+    return array_from(list(t.shape), t.dtype, t.data, field)
+
+
+def tensor_out(x: np.ndarray | None) -> pb.Tensor | None:
+    if x is None:
+        return None
+    p = array_payload(x)
+    return pb.Tensor(shape=p["shape"], dtype=p["dtype"], data=p["data"])
+
+
+def session_msg(rec: SessionRecord, step_index: int) -> pb.Session:
+    return pb.Session(
+        session_id=rec.session_id,
+        model=rec.model,
+        step_index=step_index,
+        created=rec.created,
+        expires=rec.expires,
+        sampling=pb.Sampling(**rec.sampling),
+    )
+
+
+class WorldModelService(pb_grpc.WorldModelServicer):
+    def __init__(self, service: SessionService, settings: Settings):
+        self.svc, self.settings = service, settings
+
+    def _key(self, context: grpc.aio.ServicerContext) -> str:
+        md = {k.lower(): v for k, v in context.invocation_metadata() or ()}
+        auth = md.get("authorization", "")
+        key = auth[7:] if auth.lower().startswith("bearer ") else md.get("x-api-key")
+        return check_key(self.settings, key)
+
+    @staticmethod
+    async def _abort(context: grpc.aio.ServicerContext, err: ApiError) -> None:
+        trailing = [("error-field", err.field or ""), ("error-code", err.code)]
+        if err.retry_after is not None:
+            trailing.append(("retry-after", str(int(np.ceil(err.retry_after)))))
+        context.set_trailing_metadata(tuple(trailing))
+        await context.abort(STATUS.get(err.status, grpc.StatusCode.UNKNOWN), str(err))
+
+    def _sampling(self, s: pb.Sampling) -> dict:
+        out = dict(self.svc.model_info()["sampling_defaults"])
+        for name in ("temperature", "top_k", "greedy", "seed"):
+            if s.HasField(name):
+                out[name] = getattr(s, name)
+        if not out["greedy"] and not (0 < out["temperature"] <= 100):
+            raise ApiError(422, "invalid_input", "must be in (0, 100]", "sampling.temperature")
+        if out["top_k"] < 0:
+            raise ApiError(422, "invalid_input", "must be >= 0", "sampling.top_k")
+        if out["seed"] >= 1 << 63:
+            raise ApiError(422, "invalid_input", "must be < 2**63", "sampling.seed")
+        return out
+
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        try:
+            self._key(context)
+        except ApiError as err:
+            await self._abort(context, err)
+        info = dict(self.svc.model_info())
+        info["sampling_defaults"] = pb.Sampling(**info["sampling_defaults"])
+        return pb.ModelInfo(**info)
+
+    async def CreateSession(self, request: pb.CreateSessionRequest, context: grpc.aio.ServicerContext) -> pb.Session:
+        try:
+            key = self._key(context)
+            size = self.svc.info["image_size"]
+            if request.context_png:
+                frames = np.stack([decode_png(p, f"context_png[{i}]", size) for i, p in enumerate(request.context_png)])
+            else:
+                frames = tensor_in(request.context_frames, "context_frames")
+            rec = await self.svc.create(key, frames, self._sampling(request.sampling))
+            return session_msg(rec, 0)
+        except ApiError as err:
+            await self._abort(context, err)
+
+    async def GetSession(self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext) -> pb.Session:
+        try:
+            rec, n = await self.svc.get(self._key(context), request.session_id)
+            return session_msg(rec, n)
+        except ApiError as err:
+            await self._abort(context, err)
+
+    async def DeleteSession(
+        self, request: pb.DeleteSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteSessionResponse:
+        try:
+            await self.svc.delete(self._key(context), request.session_id)
+            return pb.DeleteSessionResponse()
+        except ApiError as err:
+            await self._abort(context, err)
+
+    async def Step(self, request: pb.StepRequest, context: grpc.aio.ServicerContext) -> pb.StepResponse:
+        try:
+            key = self._key(context)
+            actions = tensor_in(request.actions, "actions")
+            step_index = request.step_index if request.HasField("step_index") else None
+            want = request.return_frames if request.HasField("return_frames") else True
+            out = await self.svc.step(key, request.session_id, actions, step_index, want, transport="grpc")
+            return pb.StepResponse(
+                frames=tensor_out(out.frames), rewards=tensor_out(out.rewards), step_index=out.step_index
+            )
+        except ApiError as err:
+            await self._abort(context, err)
+
+    async def Imagine(self, request: pb.ImagineRequest, context: grpc.aio.ServicerContext) -> pb.ImagineResponse:
+        try:
+            key = self._key(context)
+            seqs = tensor_in(request.action_sequences, "action_sequences")
+            out = await self.svc.imagine(key, request.session_id, seqs, request.return_frames)
+            return pb.ImagineResponse(rewards=tensor_out(out.rewards), frames=tensor_out(out.frames))
+        except ApiError as err:
+            await self._abort(context, err)
+
+    async def Rollout(
+        self, request_iterator: AsyncIterator[pb.RolloutRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.RolloutResponse]:
+        try:
+            key = self._key(context)
+        except ApiError as err:
+            await self._abort(context, err)
+            return
+        session_id = ""
+        async for request in request_iterator:
+            session_id = request.session_id or session_id
+            try:
+                if not session_id:
+                    raise ApiError(422, "invalid_input", "required on the first message", "session_id")
+                actions = tensor_in(request.actions, "actions")
+                step_index = request.step_index if request.HasField("step_index") else None
+                want = request.return_frames if request.HasField("return_frames") else True
+                async for msg in self._stream_step(key, session_id, actions, step_index, want):
+                    yield msg
+            except ApiError as err:
+                e = pb.Error(status=err.status, code=err.code, field=err.field or "", message=err.message)
+                yield pb.RolloutResponse(error=e)
+
+    async def _stream_step(
+        self, key: str, sid: str, actions: np.ndarray, step_index: int | None, want: bool
+    ) -> AsyncIterator[pb.RolloutResponse]:
+        """Each frame as the engine decodes it: the step runs as a task that feeds this generator."""
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def on_frame(fr: FrameOut) -> None:
+            await queue.put(fr)
+
+        task = asyncio.create_task(self.svc.step(key, sid, actions, step_index, want, on_frame, "grpc"))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        while (fr := await queue.get()) is not None:
+            frame = pb.Frame(step_index=fr.step_index, frame=tensor_out(fr.frame))
+            if fr.reward is not None:
+                frame.reward = fr.reward
+            yield pb.RolloutResponse(frame=frame)
+        out = await task  # raises the step's ApiError, if any
+        yield pb.RolloutResponse(done=pb.Done(step_index=out.step_index))
+
+
+async def start_grpc(service: SessionService, settings: Settings) -> grpc.aio.Server:
+    options = [
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        ("grpc.max_send_message_length", 256 << 20),
+    ]
+    server = grpc.aio.server(options=options)
+    pb_grpc.add_WorldModelServicer_to_server(WorldModelService(service, settings), server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    if port == 0:
+        raise RuntimeError(f"cannot bind gRPC to {settings.host}:{settings.grpc_port}")
+    await server.start()
+    return server
