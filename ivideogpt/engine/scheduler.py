@@ -15,7 +15,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -205,7 +205,8 @@ class Scheduler:
         spans, groups, offset = {}, defaultdict(list), 0
         for job in jobs:
             spans[id(job)] = (offset, offset + job.k)
-            groups[astuple(job.sampling)].append(job)
+            p = job.sampling
+            groups[(p.temperature, p.top_k, p.greedy, p.restrict_to_future_codes)].append(job)
             offset += job.k
         tokens = torch.empty(offset, dtype=torch.long)
         for members in groups.values():
