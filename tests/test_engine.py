@@ -212,6 +212,13 @@ def test_step_stream_yields_frames_one_by_one(engine: RolloutEngine) -> None:
     seen = [r.step_index for r in engine.step_stream(sid, actions(0, 3))]
     assert seen == [0, 1, 2]
     assert engine.model_info()["tokens_per_frame"] == 16
+    with pytest.raises(InvalidInput, match="actions"):  # checked at the call, not at the first frame
+        engine.step_stream(sid, torch.zeros(2, 7))
+    stream = engine.step_stream(sid, actions(1, 4))
+    next(stream)
+    stream.close()  # a consumer that stops early: the session finishes its step, then is free again
+    assert len(engine.history(sid).steps) == 7
+    assert engine.step(sid, actions(2, 1)).step_index == 8
 
 
 def test_bf16_engine_runs(model: WorldModel) -> None:

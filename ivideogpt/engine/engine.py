@@ -145,9 +145,14 @@ class RolloutEngine:
     def step_stream(
         self, session_id: str, actions: torch.Tensor | np.ndarray, return_frames: bool = True
     ) -> Iterator[FrameResult]:
-        """Like ``step``, yielding each frame as soon as it is decoded."""
+        """Like ``step``, yielding each frame as soon as it is decoded (inputs checked at the call)."""
         session = self._get(session_id)
         acts = self._check_actions(actions, "actions", ndim=2)
+        return self._stream(session, session_id, acts, return_frames)
+
+    def _stream(
+        self, session: Session, session_id: str, acts: torch.Tensor, return_frames: bool
+    ) -> Iterator[FrameResult]:
         out: queue.Queue = queue.Queue()
         lay = self.layout
 
@@ -186,10 +191,19 @@ class RolloutEngine:
                 on_end=on_end,
             )
             self.scheduler.submit(job)
-            while (item := out.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            ended = False
+            try:
+                while (item := out.get()) is not _END:
+                    if isinstance(item, BaseException):
+                        ended = True
+                        raise item
+                    yield item
+                ended = True
+            finally:
+                # a consumer that stops early still owns the session until its job has ended
+                while not ended:
+                    item = out.get()
+                    ended = item is _END or isinstance(item, BaseException)
 
     def imagine(
         self, session_id: str, action_sequences: torch.Tensor | np.ndarray, return_frames: bool = False
