@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
-from ivideogpt.engine import SessionNotFound
+from ivideogpt.engine import SessionHistory, SessionNotFound
 from ivideogpt.sampling import SamplingParams
 from server.backend import Backend
 from server.codec import context_to_engine, to_uint8_hwc
@@ -164,8 +164,7 @@ class SessionService:
                 return out
             await self._ensure_local(sid, n)
             self.metrics.queue_wait.observe(time.perf_counter() - t0)
-            frames, rewards = await self._run_step(sid, n, actions, want_frames, on_frame, t0)
-            hist = await asyncio.to_thread(self.backend.history, sid)
+            frames, rewards, hist = await self._run_step(sid, actions, want_frames, on_frame, t0)
             _, known_reanchors = self._local[sid]
             new_steps, new_reanchors = hist.steps[n:], hist.reanchors[known_reanchors:]
             last = msgpack.packb(
@@ -283,13 +282,13 @@ class SessionService:
             raise from_engine(exc) from None
 
     async def _run_step(
-        self, sid: str, n: int, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None, t0: float
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        outs, error = await self._stream_frames(sid, actions, want_frames, on_frame, t0)
+        self, sid: str, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None, t0: float
+    ) -> tuple[np.ndarray | None, np.ndarray | None, SessionHistory]:
+        outs, error, hist = await self._stream_frames(sid, actions, want_frames, on_frame, t0)
         if isinstance(error, SessionNotFound) and not outs:
             await self._restore(sid)  # evicted between the check and the step
-            outs, error = await self._stream_frames(sid, actions, want_frames, on_frame, t0)
-        if error is not None:
+            outs, error, hist = await self._stream_frames(sid, actions, want_frames, on_frame, t0)
+        if error is not None or hist is None:
             if outs:  # the engine's copy is ahead of the registry now
                 await self._drop_local(sid)
             raise from_engine(error) if isinstance(error, Exception) else error
@@ -297,43 +296,45 @@ class SessionService:
         rewards = None
         if self.info["reward_head"]:
             rewards = np.array([o.reward for o in outs], dtype=np.float32)
-        return frames, rewards
+        return frames, rewards, hist
 
     async def _stream_frames(
         self, sid: str, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None, t0: float
-    ) -> tuple[list[FrameOut], BaseException | None]:
-        """Run the engine's frame stream in a worker thread; hand each frame on as it is decoded."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        done = object()
+    ) -> tuple[list[FrameOut], BaseException | None, SessionHistory | None]:
+        """The engine's frame stream in one worker thread, which also reads the new history.
 
-        def work() -> None:
+        Each frame is handed to the event loop as soon as it is decoded only when someone
+        streams (``on_frame``); a plain step crosses threads once (every hop costs on a busy CPU).
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue | None = asyncio.Queue() if on_frame is not None else None
+
+        def work() -> tuple[list[FrameOut], BaseException | None, SessionHistory | None]:
+            outs: list[FrameOut] = []
             try:
                 for fr in self.backend.step_stream(sid, actions, want_frames):
+                    if not outs:
+                        self.metrics.first_frame.observe(time.perf_counter() - t0)
                     img = None if fr.frame is None else to_uint8_hwc(fr.frame[None])[0]
-                    loop.call_soon_threadsafe(queue.put_nowait, FrameOut(fr.step_index, img, fr.reward))
-            except BaseException as exc:
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                    outs.append(FrameOut(fr.step_index, img, fr.reward))
+                    if queue is not None:
+                        loop.call_soon_threadsafe(queue.put_nowait, outs[-1])
+                return outs, None, self.backend.history(sid)
+            except Exception as exc:
+                return outs, exc, None
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, done)
+                if queue is not None:
+                    loop.call_soon_threadsafe(queue.put_nowait, None)
 
         worker = loop.run_in_executor(None, work)
-        outs: list[FrameOut] = []
-        error: BaseException | None = None
-        while (item := await queue.get()) is not done:
-            if isinstance(item, BaseException):
-                error = item
-                continue
-            if not outs:
-                self.metrics.first_frame.observe(time.perf_counter() - t0)
-            outs.append(item)
-            if on_frame is not None:
-                try:
-                    await on_frame(item)
-                except Exception:  # the consumer went away: the step still completes and is recorded
-                    on_frame = None
-        await worker
-        return outs, error
+        if queue is not None:
+            while (item := await queue.get()) is not None:
+                if on_frame is not None:
+                    try:
+                        await on_frame(item)
+                    except Exception:  # the consumer went away: the step still completes and is recorded
+                        on_frame = None
+        return await worker
 
     async def _replay(
         self, sid: str, n: int, step_index: int, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None
