@@ -15,7 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
-PNG_EXAMPLE = "iVBORw0KGgo..."  # base64 PNG (shortened)
+# a real 64x64 RGB PNG (flat grey-blue), so the documented example runs as is on the default model
+PNG_EXAMPLE = (
+    "iVBORw0KGgoAAAANSUhEUgAAAEAAAABACAIAAAAlC+aJAAAAUUlEQVR42u3PMQ0AMAgAMJhMlKAEvVPBQdI6aFZPXPbiOAEBAQEBAQEBAQEBAQEB"
+    "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAYF9HxvkAehmvHD2AAAAAElFTkSuQmCC"
+)
 
 
 class Array(BaseModel):

@@ -66,26 +66,58 @@ def _reply(request: Request, payload: dict, status: int = 200) -> Response:
     return JSONResponse(payload, status)
 
 
-@router.post("", status_code=201, response_model=SessionInfo, summary="Open a session on context frames")
+def _link(operation: str) -> dict:
+    return {"operationId": operation, "parameters": {"session_id": "$response.body#/session_id"}}
+
+
+# OpenAPI links: clients and schemathesis follow the new session's id into the other operations
+CREATED = {
+    201: {
+        "description": "the new session",
+        "links": {op: _link(op) for op in ("getSession", "step", "imagine", "deleteSession")},
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=SessionInfo,
+    summary="Open a session on context frames",
+    operation_id="createSession",
+    responses=CREATED,
+)
 async def create_session(body: CreateSessionRequest, request: Request, key: Caller, svc: Svc) -> Response:
     frames = frames_in(body.context_frames, "context_frames", svc.info["image_size"])
     rec = await svc.create(key, frames, body.sampling.model_dump())
     return _reply(request, session_info(rec, 0), 201)
 
 
-@router.get("/{session_id}", response_model=SessionInfo, summary="A session's step index, times, model")
+@router.get(
+    "/{session_id}",
+    response_model=SessionInfo,
+    summary="A session's step index, times, model",
+    operation_id="getSession",
+)
 async def get_session(session_id: str, request: Request, key: Caller, svc: Svc) -> Response:
     rec, n = await svc.get(key, session_id)
     return _reply(request, session_info(rec, n))
 
 
-@router.delete("/{session_id}", status_code=204, summary="Close a session and forget its history")
+@router.delete(
+    "/{session_id}",
+    status_code=204,
+    summary="Close a session and forget its history",
+    operation_id="deleteSession",
+)
 async def delete_session(session_id: str, key: Caller, svc: Svc) -> Response:
     await svc.delete(key, session_id)
     return Response(status_code=204)
 
 
-@router.post("/{session_id}/step", response_model=StepResponse, summary="Predict one frame per action")
+@router.post(
+    "/{session_id}/step", response_model=StepResponse, summary="Predict one frame per action", operation_id="step"
+)
 async def step(
     session_id: str,
     body: StepRequest,
@@ -104,7 +136,12 @@ async def step(
     return _reply(request, payload)
 
 
-@router.post("/{session_id}/imagine", response_model=ImagineResponse, summary="K rollouts; the session is unchanged")
+@router.post(
+    "/{session_id}/imagine",
+    response_model=ImagineResponse,
+    summary="K rollouts; the session is unchanged",
+    operation_id="imagine",
+)
 async def imagine(
     session_id: str,
     body: ImagineRequest,

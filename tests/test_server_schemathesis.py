@@ -1,0 +1,36 @@
+"""Schemathesis against our OpenAPI schema (examples, coverage, fuzzing, stateful via the links from
+POST /v1/sessions): no input may produce a 5xx."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gateway_helpers import Gateway, model_dir
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory):
+    env = {
+        "IVIDEOGPT_MODEL_DIR": str(model_dir(tmp_path_factory.mktemp("model"))),
+        "IVIDEOGPT_API_KEYS": "fuzz-key",
+        "IVIDEOGPT_MAX_HORIZON": "2",  # keep each generated step cheap
+        "IVIDEOGPT_MAX_IMAGINE_SEQUENCES": "2",
+        "IVIDEOGPT_MAX_IMAGINE_FRAMES": "4",
+    }
+    g = Gateway(env, log=tmp_path_factory.mktemp("log") / "gateway.log")
+    yield g
+    g.stop()
+
+
+def test_schemathesis_finds_no_server_error(gw: Gateway, tmp_path: Path) -> None:
+    cli = Path(sys.executable).parent / "schemathesis"
+    cmd = [str(cli), "run", f"{gw.url}/openapi.json", "--checks", "not_a_server_error"]
+    cmd += ["--max-examples", "25", "--seed", "7", "--generation-database", "none", "--no-color"]
+    cmd += ["--header", "X-API-Key: fuzz-key", "--request-timeout", "60"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-6000:]
+    assert "passed" in out and "Tested: 9" in out, out[-3000:]
