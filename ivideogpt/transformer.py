@@ -139,6 +139,7 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(d, 3 * d, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
 
+    @torch.jit.ignore  # eager path, see Block.forward
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int, cache: AttentionCache | None
     ) -> torch.Tensor:
@@ -175,6 +176,7 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
+    @torch.jit.ignore  # eager path; the serving steps (engine/transformer_steps.py) are scripted
     def forward(self, x: torch.Tensor, *attn_args) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), *attn_args)
         return x + self.mlp(self.mlp_norm(x))

@@ -26,6 +26,7 @@ from ivideogpt.checkpoint import load
 from ivideogpt.engine.config import EngineConfig
 from ivideogpt.engine.errors import InvalidInput, SessionNotFound
 from ivideogpt.engine.kv_cache import BlockTable, ForkGroup, KVCachePool, SessionRow
+from ivideogpt.engine.runner import ModelRunner
 from ivideogpt.engine.scheduler import Job, Scheduler
 from ivideogpt.engine.session import Session, SessionHistory, StepRecord, step_generator
 from ivideogpt.model import WorldModel
@@ -56,16 +57,19 @@ _END = object()
 
 
 class RolloutEngine:
-    def __init__(self, model: WorldModel, config: EngineConfig | None = None):
+    def __init__(self, model: WorldModel | ModelRunner, config: EngineConfig | None = None):
+        """Serve a model: a ``WorldModel`` (run eagerly) or a ``ModelRunner`` (e.g. exported TorchScript)."""
         self.config = config or EngineConfig()
         self.device = torch.device(self.config.device)
         self.dtype = self.config.torch_dtype()
-        self.model = model.to(self.device, self.dtype).eval()
+        if isinstance(model, WorldModel):
+            model = ModelRunner.from_model(model, self.device, self.dtype)
+        self.runner = model
         self.cfg = model.cfg
         self.layout = model.layout
         trm = self.cfg.transformer
         self.pool = KVCachePool(trm, self.config.cache_bytes, self.config.block_size, self.device, self.dtype)
-        self.scheduler = Scheduler(self.model, self.pool, self.config.max_batch_rows)
+        self.scheduler = Scheduler(self.runner, self.pool, self.config.max_batch_rows)
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self.evictions = 0
@@ -74,6 +78,12 @@ class RolloutEngine:
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: EngineConfig | None = None) -> RolloutEngine:
         return cls(load(path), config)
+
+    @classmethod
+    def from_repository(cls, path: str | Path, config: EngineConfig | None = None) -> RolloutEngine:
+        """Serve the TorchScript modules that ``ModelRunner.export`` wrote into a model repository."""
+        config = config or EngineConfig()
+        return cls(ModelRunner.from_repository(path, config.device, config.torch_dtype()), config)
 
     def shutdown(self) -> None:
         self.scheduler.shutdown()
@@ -121,7 +131,7 @@ class RolloutEngine:
             self._evict_idle()
             table = self.pool.allocate_slot()
             try:
-                ids, _ = self.model.tokenizer.encode_context(frames)
+                ids = self.runner.encode_context(frames)
                 history = SessionHistory(ids[0].tolist(), dataclasses.asdict(sampling), stream)
                 session = self._new_session(sid, table, ids, sampling, history)
             except BaseException:
@@ -344,12 +354,20 @@ class RolloutEngine:
     def _new_session(
         self, sid: str, table: BlockTable, ids: torch.Tensor, sampling: SamplingParams, history: SessionHistory
     ) -> Session:
-        recon, feats = self.model.tokenizer.decode_context(ids)
+        recon, feats = self.runner.decode_context(ids)
         session = Session(sid, table, sampling, history, ids, feats, recon[0])
-        cache = self.pool.dense_cache(table)
-        self.model.transformer.prefill(self.layout.context_sequence(ids), cache)
-        session.length = int(cache.lengths[0])
+        self._prefill_context(session)
         return session
+
+    def _prefill_context(self, session: Session) -> None:
+        """The anchor's context tokens become the whole content of the session's slot."""
+        prelude = self.layout.context_sequence(session.context_ids)[0]
+        self._prefill(session, self.runner.embed(prelude), start=0)
+
+    def _prefill(self, session: Session, x: torch.Tensor, start: int) -> None:
+        k_slot, v_slot = self.pool.slot_views(session.table)
+        self.runner.prefill(x[None], k_slot, v_slot, start)
+        session.length = start + x.shape[0]
 
     def _decode(self, session: Session, raw_tokens: torch.Tensor) -> torch.Tensor:
         return self._decode_with(session.decoder_features, raw_tokens)
@@ -358,7 +376,7 @@ class RolloutEngine:
         """One frame's pixels from its sampled ids and its anchor's decoder features (batch 1)."""
         lay = self.layout
         future = (raw_tokens.to(self.device) - lay.future_offset).clamp(0, lay.future_codebook_size - 1)
-        frame = self.model.tokenizer.decode_future(future[None, None], decoder_features)
+        frame = self.runner.decode_future(future[None, None], decoder_features)
         return frame[0, 0].float().cpu()
 
     def _reanchor(self, session: Session) -> None:
@@ -368,18 +386,17 @@ class RolloutEngine:
         predicted = [self._decode(session, torch.tensor(r.tokens)) for r in since]
         recent = ([f.float().cpu() for f in session.anchor_frames] + predicted)[-c:]
         frames = torch.stack(recent)[None].to(self.device, self.dtype)
-        ids, _ = self.model.tokenizer.encode_context(frames)
-        recon, feats = self.model.tokenizer.decode_context(ids)
+        ids = self.runner.encode_context(frames)
+        recon, feats = self.runner.decode_context(ids)
         session.previous_anchor = (session.anchor_step, session.decoder_features)
         session.context_ids, session.decoder_features, session.anchor_frames = ids, feats, recon[0]
         session.anchor_step = session.step_index
         session.history.reanchors.append(session.step_index)
-        cache = self.pool.dense_cache(session.table)
-        self.model.transformer.prefill(self.layout.context_sequence(ids), cache)
-        session.length = int(cache.lengths[0])
+        self._prefill_context(session)
 
     def _replay(self, session: Session, history: SessionHistory) -> None:
-        trm, lay = self.model.transformer, self.layout
+        """Prefill recorded steps segment by segment between re-anchors (no resampling)."""
+        lay = self.layout
         steps, reanchors = history.steps, set(history.reanchors)
         i = 0
         while i <= len(steps):
@@ -390,15 +407,15 @@ class RolloutEngine:
                 j += 1
             segment = steps[i:j]
             if segment:
-                ids = torch.tensor([[lay.sdf_id, *r.tokens] for r in segment], device=self.device)
-                x = trm.embed(ids)  # [n, 17, D]
+                ids = torch.tensor([[lay.sdf_id, *r.tokens] for r in segment], device=self.device).flatten()
+                with_action = (torch.arange(ids.shape[0], device=self.device) % lay.frame_stride) == 0
+                actions = None
                 if self.cfg.transformer.action_dim:
-                    acts = torch.tensor([r.action for r in segment], device=self.device, dtype=self.dtype)
-                    x[:, 0] = x[:, 0] + trm.action_embedding(acts).to(x.dtype)
-                cache = self.pool.dense_cache(session.table)
-                cache.lengths[0] = session.length
-                trm(x.reshape(1, -1, x.shape[-1]), cache)
-                session.length = int(cache.lengths[0])
+                    per_step = torch.tensor([r.action for r in segment], device=self.device)
+                    actions = per_step.repeat_interleave(lay.frame_stride, dim=0)
+                else:
+                    with_action = None
+                self._prefill(session, self.runner.embed(ids, actions, with_action), start=session.length)
                 session.history.steps.extend(StepRecord(r.action, list(r.tokens), r.reward) for r in segment)
             if j == i:
                 break

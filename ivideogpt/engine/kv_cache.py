@@ -14,11 +14,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ivideogpt.config import TransformerConfig
 from ivideogpt.engine.errors import CapacityError
-from ivideogpt.transformer import KVCache
 
 
 @dataclass(frozen=True)
@@ -119,15 +117,11 @@ class KVCachePool:
         self.peak_used_blocks = self.used_blocks
 
     # views
-    def dense_cache(self, table: BlockTable) -> KVCache:
-        """The table as a one-row dense KVCache whose writes land in the pool (for prefill)."""
-        a, b = table.start, table.start + min(table.capacity, self.cfg.max_positions)
-        return KVCache(
-            self.k[:, :, a:b].unsqueeze(1),
-            self.v[:, :, a:b].unsqueeze(1),
-            torch.zeros(1, dtype=torch.long, device=self.k.device),
-            max_positions=self.cfg.max_positions,
-        )
+    def slot_views(self, table: BlockTable) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one session's slot, ``[L, H, max_positions, Dh]`` views into the pool."""
+        a = table.start
+        b = a + self.cfg.max_positions
+        return self.k[:, :, a:b], self.v[:, :, a:b]
 
 
 @dataclass
@@ -149,86 +143,61 @@ class ForkGroup:
     length: int  # tokens in each suffix so far
 
 
-class BatchCache:
-    """One decode step (one new token per row) over sessions' slots and imagine fork groups.
+class DecodeBatch:
+    """The pool-side inputs of one decode step (``TransformerDecode``) for these rows.
 
-    Every row's new key/value goes to the pool in one indexed store. Session rows attend in
-    one kernel over the strided view of the slots they span (masked to each row's length);
-    a fork row attends over the shared prefix (read once for its group) and its own suffix,
-    merged in one softmax.
+    Session rows read their slots through one strided window over the slot grid, masked to
+    each row's length; fork groups are described by one row of integers each.
     """
 
-    def __init__(self, pool: KVCachePool, sessions: list[SessionRow], forks: list[ForkGroup]):
+    def __init__(self, pool: KVCachePool, n_rows: int, sessions: list[SessionRow], forks: list[ForkGroup]):
         self.pool, self.sessions, self.forks = pool, sessions, forks
         device = pool.k.device
-        rows, write, positions = [], [], []
+        write, positions = [0] * n_rows, [0] * n_rows
         for s in sessions:
-            rows.append(s.row)
-            write.append(s.start + s.length)
-            positions.append(s.length)
+            write[s.row], positions[s.row] = s.start + s.length, s.length
         for g in forks:
-            k = g.rows.stop - g.rows.start
-            rows.extend(range(g.rows.start, g.rows.stop))
-            write.extend(g.suffix_start + i * g.stride + g.length for i in range(k))
-            positions.extend([g.prefix + g.length] * k)
+            for i in range(g.rows.stop - g.rows.start):
+                write[g.rows.start + i] = g.suffix_start + i * g.stride + g.length
+                positions[g.rows.start + i] = g.prefix + g.length
         if max(positions, default=0) >= pool.cfg.max_positions:
             raise ValueError(f"a row would pass max_positions {pool.cfg.max_positions}")
-        self._rows = torch.tensor(rows, device=device)
-        self._write = torch.tensor(write, device=device)
-        by_row = [0] * len(rows)
-        for r, p in zip(rows, positions, strict=True):
-            by_row[r] = p
-        self._positions = torch.tensor(by_row, device=device)
+        long = {"dtype": torch.long, "device": device}
+        self.positions = torch.tensor(positions, **long)
+        self.write = torch.tensor(write, **long)
         if sessions:
             slots = [s.start // pool.slot_tokens for s in sessions]
-            self._lo, hi = min(slots), max(slots) + 1
-            self._span = max(s.length for s in sessions) + 1
-            self._session_rows = torch.tensor([s.row for s in sessions], device=device)
-            self._session_slots = torch.tensor(slots, device=device) - self._lo
-            lengths = torch.zeros(hi - self._lo, dtype=torch.long, device=device)  # unused slots see key 0
-            lengths[self._session_slots] = torch.tensor([s.length for s in sessions], device=device)
-            key_pos = torch.arange(self._span, device=device)
-            self._mask = (key_pos[None, :] <= lengths[:, None])[:, None, None]  # [n_slots, 1, 1, span]
+            lo, hi = min(slots), max(slots) + 1
+            span = max(s.length for s in sessions) + 1
+            self.session_rows = torch.tensor([s.row for s in sessions], **long)
+            self.session_slots = torch.tensor(slots, **long) - lo
+            self.window = torch.tensor([lo, hi - lo, span, pool.slot_tokens], **long)
+            lengths = torch.zeros(hi - lo, **long)  # slots without a row here attend to key 0 only
+            lengths[self.session_slots] = torch.tensor([s.length for s in sessions], **long)
+            self.session_mask = (torch.arange(span, device=device)[None, :] <= lengths[:, None])[:, None, None]
+        else:
+            self.session_rows = self.session_slots = torch.zeros(0, **long)
+            self.window = torch.zeros(4, **long)
+            self.session_mask = torch.zeros(0, 1, 1, 1, dtype=torch.bool, device=device)
+        meta = [
+            [g.rows.start, g.rows.stop - g.rows.start, g.parent_start, g.prefix, g.suffix_start, g.stride, g.length]
+            for g in forks
+        ]
+        self.fork_meta = torch.tensor(meta, **long).reshape(len(forks), 7)
 
-    def begin(self, t: int, n_new: torch.Tensor | None) -> torch.Tensor:
-        if t != 1 or n_new is not None:
-            raise ValueError("BatchCache runs decode steps: one new token per row")
-        return self._positions[:, None]
-
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        pk, pv = self.pool.k[layer], self.pool.v[layer]  # [H, N, Dh]
-        pk[:, self._write] = k[self._rows, :, 0].transpose(0, 1).to(pk.dtype)
-        pv[:, self._write] = v[self._rows, :, 0].transpose(0, 1).to(pv.dtype)
-        out = torch.empty_like(q)
-        if self.sessions:
-            out[self._session_rows] = self._session_attention(q, pk, pv)
-        for g in self.forks:
-            out[g.rows] = self._fork_attention(q[g.rows], pk, pv, g)
-        return out
-
-    def _session_attention(self, q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor) -> torch.Tensor:
-        h, _, dh = pk.shape
-        n = self._mask.shape[0]
-        grid = (h, self.pool.n_slots, self.pool.slot_tokens, dh)
-        window = slice(self._lo, self._lo + n)
-        keys = pk.view(grid)[:, window, : self._span].transpose(0, 1).to(q.dtype)  # [n, H, span, Dh]
-        values = pv.view(grid)[:, window, : self._span].transpose(0, 1).to(q.dtype)
-        queries = q.new_zeros(n, *q.shape[1:])
-        queries[self._session_slots] = q[self._session_rows]
-        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=self._mask)
-        return out[self._session_slots]
-
-    @staticmethod
-    def _fork_attention(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, g: ForkGroup) -> torch.Tensor:
-        n, _, _, dh = q.shape
-        prefix_k = pk[:, g.parent_start : g.parent_start + g.prefix].to(q.dtype)  # [H, P, Dh], read once
-        prefix_v = pv[:, g.parent_start : g.parent_start + g.prefix].to(q.dtype)
-        span = slice(g.suffix_start, g.suffix_start + n * g.stride)
-        own_k = pk[:, span].unflatten(1, (n, g.stride))[:, :, : g.length + 1].transpose(0, 1).to(q.dtype)
-        own_v = pv[:, span].unflatten(1, (n, g.stride))[:, :, : g.length + 1].transpose(0, 1).to(q.dtype)
-        scores = torch.cat([q @ prefix_k.transpose(-1, -2), q @ own_k.transpose(-1, -2)], dim=-1)
-        probs = (scores.float() * dh**-0.5).softmax(dim=-1).to(q.dtype)
-        return probs[..., : g.prefix] @ prefix_v + probs[..., g.prefix :] @ own_v
+    def inputs(self) -> tuple[torch.Tensor, ...]:
+        """Everything ``TransformerDecode`` takes after the embeddings, in its order."""
+        return (
+            self.positions,
+            self.pool.k,
+            self.pool.v,
+            self.write,
+            self.session_rows,
+            self.session_slots,
+            self.window,
+            self.session_mask,
+            self.fork_meta,
+        )
 
     def commit(self) -> None:
         for s in self.sessions:

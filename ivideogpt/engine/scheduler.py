@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from ivideogpt.engine.kv_cache import BatchCache, ForkGroup, KVCachePool, SessionRow
-from ivideogpt.model import WorldModel
+from ivideogpt.engine.kv_cache import DecodeBatch, ForkGroup, KVCachePool, SessionRow
+from ivideogpt.engine.runner import ModelRunner
 from ivideogpt.sampling import SamplingParams, draw_uniforms, sample_tokens
 
 
@@ -50,9 +50,9 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, model: WorldModel, pool: KVCachePool, max_rows: int):
-        self.model, self.pool, self.max_rows = model, pool, max_rows
-        self.layout = model.layout
+    def __init__(self, runner: ModelRunner, pool: KVCachePool, max_rows: int):
+        self.runner, self.pool, self.max_rows = runner, pool, max_rows
+        self.layout = runner.layout
         self._tasks: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
         self._new_jobs: queue.Queue[Job] = queue.Queue()
         self._active: list[Job] = []
@@ -136,19 +136,17 @@ class Scheduler:
         return True
 
     def _token_step(self) -> None:
-        trm, lay = self.model.transformer, self.layout
+        lay, runner = self.layout, self.runner
         device = self.pool.k.device
         jobs = list(self._active)
-        ids, sessions, forks, act_rows, actions = [], [], [], [], []
+        ids, sessions, forks, actions, with_action = [], [], [], [], []
+        width = max(self.runner.cfg.transformer.action_dim, 1)
         row = 0
         for job in jobs:
-            if job.phase == 0:
-                ids.append(torch.full((job.k,), lay.sdf_id))
-                if job.actions is not None:
-                    act_rows.append(torch.arange(row, row + job.k))
-                    actions.append(job.actions[:, job.frame])
-            else:
-                ids.append(job.next_ids)
+            feeds_action = job.phase == 0 and job.actions is not None
+            ids.append(torch.full((job.k,), lay.sdf_id) if job.phase == 0 else job.next_ids)
+            actions.append(job.actions[:, job.frame] if feeds_action else torch.zeros(job.k, width))
+            with_action.append(torch.full((job.k,), feeds_action))
             if job.session_row is not None:
                 job.session_row.row = row
                 sessions.append(job.session_row)
@@ -160,13 +158,14 @@ class Scheduler:
         self.batch_rows_last = row
         self.batch_rows_peak = max(self.batch_rows_peak, row)
 
-        x = trm.embed(torch.cat(ids).to(device))
-        if actions:
-            rows = torch.cat(act_rows).to(device)
-            x[rows] = x[rows] + trm.action_embedding(torch.cat(actions).to(device)).to(x.dtype)
-        hidden = trm(x[:, None], BatchCache(self.pool, sessions, forks))[:, 0]
+        x = runner.embed(torch.cat(ids).to(device), torch.cat(actions).to(device), torch.cat(with_action).to(device))
+        batch = DecodeBatch(self.pool, row, sessions, forks)
+        hidden = runner.decode(x, batch.inputs())
+        batch.commit()
+        logits, rewards = runner.heads(hidden)
+        logits, rewards = logits.cpu(), rewards.cpu()
 
-        sampled = self._sample([j for j in jobs if j.phase < lay.future_tokens], hidden)
+        sampled = self._sample([j for j in jobs if j.phase < lay.future_tokens], logits)
         ended: list[tuple[Job, BaseException | None]] = []
         for job in jobs:
             if job.phase < lay.future_tokens:
@@ -177,11 +176,10 @@ class Scheduler:
                 job.phase += 1
                 continue
             # this step fed the frame's last token: its hidden state gives the reward
-            h = hidden[self._rows_of(job).to(device)]
-            rewards = trm.reward(h).cpu() if trm.reward_head is not None else None
+            has_reward = runner.cfg.transformer.reward_head
             assert job.tokens is not None
             try:
-                job.on_frame(job, job.tokens, rewards)
+                job.on_frame(job, job.tokens, rewards[self._rows_of(job)] if has_reward else None)
             except BaseException as exc:
                 ended.append((job, exc))
                 continue
@@ -194,27 +192,25 @@ class Scheduler:
             self._active.remove(job)
             job.on_end(job, exc)
 
-    def _sample(self, jobs: list[Job], hidden: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Next token of every row of these jobs: one lm_head matmul, one draw per sampling setting."""
-        if not jobs:
-            return {}
-        lay, device = self.layout, hidden.device
-        logits = self.model.transformer.logits(hidden[torch.cat([self._rows_of(j) for j in jobs]).to(device)])
-        logits = logits.float().cpu()
+    def _sample(self, jobs: list[Job], logits: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Next token of every row of these jobs, one draw per sampling setting."""
+        lay = self.layout
         allowed = (lay.future_offset, lay.future_offset + lay.future_codebook_size)
-        spans, groups, offset = {}, defaultdict(list), 0
+        groups: dict[tuple, list[Job]] = defaultdict(list)
         for job in jobs:
-            spans[id(job)] = (offset, offset + job.k)
             p = job.sampling
             groups[(p.temperature, p.top_k, p.greedy, p.restrict_to_future_codes)].append(job)
-            offset += job.k
-        tokens = torch.empty(offset, dtype=torch.long)
+        sampled = {}
         for members in groups.values():
-            idx = torch.cat([torch.arange(*spans[id(j)]) for j in members])
+            rows = torch.cat([self._rows_of(j) for j in members])
             params = members[0].sampling
             uniforms = None if params.greedy else torch.cat([draw_uniforms(j.generators) for j in members])
-            tokens[idx] = sample_tokens(logits[idx], params, uniforms, allowed)
-        return {key: tokens[a:b] for key, (a, b) in spans.items()}
+            tokens = sample_tokens(logits[rows], params, uniforms, allowed)
+            offset = 0
+            for j in members:
+                sampled[id(j)] = tokens[offset : offset + j.k]
+                offset += j.k
+        return sampled
 
     @staticmethod
     def _rows_of(job: Job) -> torch.Tensor:
