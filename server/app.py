@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         backend = await asyncio.to_thread(make_backend, settings)
         registry = make_registry(settings.redis_url, settings.redis_prefix)
         app.state.service = SessionService(settings, backend, registry, app.state.metrics)
+        app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=2.0))
+        heartbeat = asyncio.create_task(app.state.service.heartbeat()) if settings.redis_url else None
         grpc_server = None
         if settings.grpc_port is not None:
             from server.grpc_service import start_grpc
@@ -64,8 +67,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with contextlib.suppress(Exception):
+                    await registry.forget_replica(settings.replica_id)  # stop others forwarding here
             if grpc_server is not None:
                 await grpc_server.stop(grace=1.0)
+            await app.state.http.aclose()
             await registry.close()
             backend.shutdown()
 

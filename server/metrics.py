@@ -57,4 +57,7 @@ class Metrics:
         self.gateway_restores = Counter(
             "ivideogpt_gateway_restores", "restores done by this gateway (eviction, other replica)", registry=r
         )
+        self.forwarded = Counter(
+            "ivideogpt_forwarded_requests", "requests sent on to the replica holding the session", registry=r
+        )
         r.register(EngineCollector(stats))

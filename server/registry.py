@@ -47,6 +47,9 @@ class Registry(Protocol):
     async def last_result(self, sid: str) -> bytes | None: ...
     async def acquire_lease(self, sid: str, replica: str, ttl_s: float) -> bool: ...
     async def release_lease(self, sid: str, replica: str) -> None: ...
+    async def heartbeat(self, replica: str, address: str, ttl_s: float) -> None: ...
+    async def replica_address(self, replica: str) -> str | None: ...
+    async def forget_replica(self, replica: str) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -130,6 +133,15 @@ class MemoryRegistry:
     async def release_lease(self, sid: str, replica: str) -> None:
         if (owner := self._leases.get(sid)) is not None and owner[0] == replica:
             del self._leases[sid]
+
+    async def heartbeat(self, replica: str, address: str, ttl_s: float) -> None:
+        return None  # one replica: nobody to forward to
+
+    async def replica_address(self, replica: str) -> str | None:
+        return None
+
+    async def forget_replica(self, replica: str) -> None:
+        return None
 
     async def close(self) -> None:
         return None
@@ -262,6 +274,16 @@ class RedisRegistry:
 
     async def release_lease(self, sid: str, replica: str) -> None:
         await self._release(keys=[self._k("lease", sid)], args=[replica])
+
+    async def heartbeat(self, replica: str, address: str, ttl_s: float) -> None:
+        await self.redis.set(self._k("replica", replica), address, px=int(ttl_s * 1000))
+
+    async def replica_address(self, replica: str) -> str | None:
+        raw = await self.redis.get(self._k("replica", replica))
+        return None if raw is None else raw.decode()
+
+    async def forget_replica(self, replica: str) -> None:
+        await self.redis.delete(self._k("replica", replica))
 
     async def close(self) -> None:
         await asyncio.shield(self.redis.aclose())

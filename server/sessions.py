@@ -216,6 +216,23 @@ class SessionService:
             frames = frames.reshape(k, h, *frames.shape[1:])
         return ImagineOut(rewards, frames)
 
+    async def forward_target(self, key_id: str, sid: str) -> str | None:
+        """The address of the live replica whose engine holds this session, when it is not this one."""
+        if not self.settings.forward:
+            return None
+        rec = await self.registry.get(sid)
+        if rec is None or rec.key_id != key_id or rec.owner in ("", self.replica):
+            return None
+        return await self.registry.replica_address(rec.owner)
+
+    async def heartbeat(self) -> None:
+        """Tell the other replicas that this one is alive (and where), until cancelled."""
+        period = self.settings.heartbeat_s
+        while True:
+            with contextlib.suppress(Exception):  # Redis down: readyz says so; keep trying
+                await self.registry.heartbeat(self.replica, self.settings.address(), 3 * period)
+            await asyncio.sleep(period)
+
     # helpers
     async def _record(self, key_id: str, sid: str) -> SessionRecord:
         rec = await self.registry.get(sid)

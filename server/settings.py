@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     session_ttl_s: float = Field(3600.0, description="a session expires this long after its last request")
     lease_ttl_s: float = Field(10.0, description="a replica's hold on a session while it serves a request")
     lease_wait_s: float = Field(5.0, description="how long a request waits for another replica's lease")
+    forward: bool = Field(True, description="send REST steps/imagines to the live replica that holds the session")
+    heartbeat_s: float = Field(2.0, description="replica heartbeat period (alive for 3 periods)")
 
     # auth and limits
     api_keys: str = Field("", description="comma-separated API keys; empty: open service")

@@ -47,9 +47,9 @@ def env(model_path: Path, prefix: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def pair(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
     logs = tmp_path_factory.mktemp("logs")
-    a = Gateway(env, log=logs / "a.log")
+    a = Gateway(env, log=logs / "a.log")  # forwards requests to the replica holding the session
     try:
-        b = Gateway(env, log=logs / "b.log")
+        b = Gateway({**env, "IVIDEOGPT_FORWARD": "0"}, log=logs / "b.log")  # always takes sessions over
     except BaseException:
         a.stop()
         raise
@@ -123,8 +123,15 @@ def test_two_replicas_alternate_without_divergence(pair: tuple[Gateway, Gateway]
     a, b = pair
     chunks = [actions(10 + i, 2) for i in range(4)]
     sid = create(a.url, seed=5)
+    forwarded, restores = (
+        _metric(a, "ivideogpt_forwarded_requests_total"),
+        _metric(b, "ivideogpt_gateway_restores_total"),
+    )
+    # a -> b takes over (restore on b), b -> a forwards to b, which holds the session now
     got = [frames_of(step((a, b)[i % 2].url, sid, c)) for i, c in enumerate(chunks)]
     np.testing.assert_array_equal(np.concatenate(got), uninterrupted(reference, 5, chunks))
+    assert _metric(a, "ivideogpt_forwarded_requests_total") > forwarded
+    assert _metric(b, "ivideogpt_gateway_restores_total") > restores
     # a retry sent to the other replica returns the recorded result, not a second step
     again = step(a.url, sid, chunks[3], step_index=6)
     np.testing.assert_array_equal(frames_of(again), got[3])

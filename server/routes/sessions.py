@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from server.auth import Caller
 from server.convert import floats_in, floats_out, frames_in, frames_out
+from server.forward import maybe_forward
 from server.registry import SessionRecord
 from server.schemas import (
     CreateSessionRequest,
@@ -125,6 +126,8 @@ async def step(
     key: Caller,
     svc: Svc,
 ) -> Response:
+    if (forwarded := await maybe_forward(request, svc, key, session_id)) is not None:
+        return forwarded
     actions = floats_in(body.actions, "actions", 2)
     out = await svc.step(key, session_id, actions, body.step_index, "frames" in body.return_)
     binary = wants_msgpack(request)
@@ -149,6 +152,8 @@ async def imagine(
     key: Caller,
     svc: Svc,
 ) -> Response:
+    if (forwarded := await maybe_forward(request, svc, key, session_id)) is not None:
+        return forwarded
     seqs = floats_in(body.action_sequences, "action_sequences", 3)
     out = await svc.imagine(key, session_id, seqs, body.return_frames)
     binary = wants_msgpack(request)
