@@ -11,8 +11,6 @@ different lengths: row ``b``'s new tokens sit at positions ``lengths[b], lengths
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,21 +27,13 @@ def symexp(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.expm1(x.abs())
 
 
-class AttentionCache(Protocol):
-    """Where attention keys/values live. The model calls, per forward pass:
-    ``begin(t, n_new)`` (positions of the new inputs), ``attend`` once per layer (store the
-    new k/v, attend over everything the row may see), then ``commit()``.
-    """
-
-    def begin(self, t: int, n_new: torch.Tensor | None) -> torch.Tensor: ...
-
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
-
-    def commit(self) -> None: ...
-
-
 class KVCache:
-    """Dense per-row cache: k, v [n_layers, B, n_heads, capacity, head_dim], lengths [B]."""
+    """Dense per-row cache: k, v [n_layers, B, n_heads, capacity, head_dim], lengths [B].
+
+    Per forward pass the model calls ``begin(t, n_new)`` (positions of the new inputs),
+    ``attend`` once per layer (store the new k/v, attend over what the row may see), then
+    ``commit()``.
+    """
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, max_positions: int | None = None):
         self.k, self.v, self.lengths = k, v, lengths
@@ -141,7 +131,7 @@ class Attention(nn.Module):
 
     @torch.jit.ignore  # eager path, see Block.forward
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int, cache: AttentionCache | None
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int, cache: KVCache | None
     ) -> torch.Tensor:
         b, t, _ = x.shape
         h = self.n_heads
@@ -229,15 +219,14 @@ class WorldModelTransformer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cache: AttentionCache | None = None,
+        cache: KVCache | None = None,
         n_new: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Embeddings [B, T, D] -> final hidden states [B, T, D].
 
         Without a cache this is the plain causal pass over positions 0..T-1. With a cache,
         row b's first ``n_new[b]`` inputs (all T by default) are appended at its current
-        length; the remaining inputs are padding whose outputs are meaningless. A cache is
-        anything with the ``AttentionCache`` methods (the engine brings its own).
+        length; the remaining inputs are padding whose outputs are meaningless.
         """
         b, t, _ = x.shape
         if cache is None:
@@ -270,7 +259,7 @@ class WorldModelTransformer(nn.Module):
     def prefill(
         self,
         inputs: torch.Tensor,
-        cache: AttentionCache,
+        cache: KVCache,
         n_new: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Ids [B, T] or embeddings [B, T, D] into the cache -> hidden of each row's last new token."""
@@ -279,7 +268,7 @@ class WorldModelTransformer(nn.Module):
         last = (n_new.to(hidden.device) - 1) if n_new is not None else torch.full((x.shape[0],), x.shape[1] - 1)
         return hidden[torch.arange(x.shape[0]), last.to(hidden.device)]
 
-    def decode(self, inputs: torch.Tensor, cache: AttentionCache) -> torch.Tensor:
+    def decode(self, inputs: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One new token per row: ids [B] or embeddings [B, D] -> hidden [B, D]."""
         x = self.embed(inputs) if inputs.dtype == torch.long else inputs
         return self(x[:, None], cache)[:, 0]
