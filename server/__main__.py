@@ -9,7 +9,7 @@ import sys
 import uvicorn
 
 from server.app import create_app
-from server.backend import resolve_model_dir
+from server.backend import TritonBackend, resolve_model_dir
 from server.settings import Settings
 
 
@@ -23,12 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = env.model_copy(update={"host": args.host, "port": args.port, "grpc_port": args.grpc_port})
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.backend == "local":
-        try:
-            resolve_model_dir(settings.model_dir)  # fail before binding a port, naming the folder
-        except RuntimeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    try:  # fail before binding a port, with the reason (missing model folder, unavailable backend)
+        if settings.backend == "local":
+            resolve_model_dir(settings.model_dir)
+        else:
+            TritonBackend(settings)
+    except (RuntimeError, NotImplementedError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     app = create_app(settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws="websockets")
     return 0

@@ -102,21 +102,35 @@ def test_ready_checks_redis(pair: tuple[Gateway, Gateway]) -> None:
 def test_killed_gateway_session_continues_elsewhere(
     env: dict[str, str], pair: tuple[Gateway, Gateway], reference: RolloutEngine, tmp_path: Path
 ) -> None:
-    chunks = [actions(1, 3), actions(2, 2), actions(3, 3)]
-    victim = Gateway(env, log=tmp_path / "victim.log")
+    """SIGKILL in the middle of a streamed step: the step is lost with its lease, then redone elsewhere."""
+    import json
+
+    from websockets.sync.client import connect
+
+    chunks = [actions(1, 3), actions(2, 6), actions(3, 3)]
+    short_lease = {**env, "IVIDEOGPT_LEASE_TTL_S": "2"}  # a dead replica's lease lapses after 2 s
+    victim = Gateway(short_lease, log=tmp_path / "victim.log")
     try:
         sid = create(victim.url, seed=21)
         got = [frames_of(step(victim.url, sid, chunks[0]))]
+        with connect(f"{victim.url.replace('http', 'ws')}/v1/sessions/{sid}/stream") as ws:
+            ws.send(json.dumps({"actions": chunks[1], "step_index": 3}))
+            first = json.loads(ws.recv(timeout=60))
+            assert first["type"] == "frame" and first["step_index"] == 3
+            victim.kill()  # SIGKILL mid-step: nothing is flushed, the engine state and the lease holder are gone
     finally:
-        victim.kill()  # SIGKILL mid-rollout: nothing is flushed, the engine state is gone
-    fresh = Gateway(env, log=tmp_path / "fresh.log")  # a new process on the same Redis
+        victim.kill()
+    fresh = Gateway(short_lease, log=tmp_path / "fresh.log")  # a new process on the same Redis
     try:
-        got.append(frames_of(step(fresh.url, sid, chunks[1], step_index=3)))
-        got.append(frames_of(step(pair[0].url, sid, chunks[2], step_index=5)))
+        assert httpx.get(f"{fresh.url}/v1/sessions/{sid}").json()["step_index"] == 3  # the cut step is not recorded
+        redo = frames_of(step(fresh.url, sid, chunks[1], step_index=3))  # waits out the dead lease, restores
+        np.testing.assert_array_equal(redo[0], decode_png_b64(first["frame"]))
+        got.append(redo)
+        got.append(frames_of(step(pair[0].url, sid, chunks[2], step_index=9)))
     finally:
         fresh.stop()
     np.testing.assert_array_equal(np.concatenate(got), uninterrupted(reference, 21, chunks))
-    assert httpx.get(f"{pair[0].url}/v1/sessions/{sid}").json()["step_index"] == 8
+    assert httpx.get(f"{pair[0].url}/v1/sessions/{sid}").json()["step_index"] == 12
 
 
 def test_two_replicas_alternate_without_divergence(pair: tuple[Gateway, Gateway], reference: RolloutEngine) -> None:

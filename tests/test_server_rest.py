@@ -329,6 +329,14 @@ def test_websocket_stream_json_and_msgpack(gw: Gateway, client: httpx.Client) ->
     with connect(f"{ws_url}/v1/sessions/{ref_sid}/stream", additional_headers=B) as ws:
         m = json.loads(ws.recv(timeout=30))
         assert m["type"] == "error" and m["error"]["status"] == 404
+    with connect(f"{ws_url}/v1/sessions/{ref_sid}/stream") as ws:  # no key
+        assert json.loads(ws.recv(timeout=30))["error"]["status"] == 401
+    with connect(f"{ws_url}/v1/sessions/{ref_sid}/stream?api_key={KEY_A}") as ws:  # browsers: key in the query
+        ws.send(json.dumps({"actions": acts, "step_index": 0, "return": ["rewards"]}))
+        replies = [json.loads(ws.recv(timeout=60)) for _ in range(4)]
+        assert [m["type"] for m in replies] == ["frame", "frame", "frame", "done"]  # replayed from the record
+        np.testing.assert_allclose([m["reward"] for m in replies[:3]], ref["rewards"], rtol=1e-6)
+        assert all(m["frame"] is None for m in replies[:3])
     client.delete(f"/v1/sessions/{ref_sid}")
 
 
@@ -358,12 +366,17 @@ def test_metrics_live(client: httpx.Client) -> None:
     client.delete(f"/v1/sessions/{sid}")
 
 
-def test_missing_model_folder_fails_clearly(tmp_path: Path) -> None:
+def test_missing_model_folder_and_triton_fail_clearly(tmp_path: Path) -> None:
     import subprocess
     import sys
 
     from gateway_helpers import REPO
 
-    env = {"IVIDEOGPT_MODEL_DIR": str(tmp_path / "nothing-here"), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-m", "server"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    def start(env: dict[str, str]) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "server", "--port", "1"]
+        return subprocess.run(cmd, cwd=REPO, env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True)
+
+    r = start({"IVIDEOGPT_MODEL_DIR": str(tmp_path / "nothing-here")})
     assert r.returncode == 2 and "nothing-here" in r.stderr and "models/default" in r.stderr
+    r = start({"IVIDEOGPT_BACKEND": "triton", "IVIDEOGPT_TRITON_URL": "127.0.0.1:8001"})
+    assert r.returncode == 2 and "IVIDEOGPT_BACKEND=triton is not implemented" in r.stderr
