@@ -49,11 +49,23 @@ def resolve_model_dir(model_dir: str) -> Path:
     return path
 
 
+def resolve_model_repository(repository: str) -> Path:
+    """An exported model repository (``python -m training.export``), relative to the cwd or the repository."""
+    path = Path(repository)
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        path = REPO_ROOT / path
+    if not (path / "ivideogpt_config.json").is_file():
+        raise RuntimeError(
+            f"model repository {repository!r} ({path.resolve()}) has no ivideogpt_config.json: write it with "
+            "`python -m training.export models/default --out model_repository`, or unset IVIDEOGPT_MODEL_REPOSITORY"
+        )
+    return path
+
+
 class LocalBackend:
     """The rollout engine in this process (its scheduler thread batches every session's steps)."""
 
     def __init__(self, settings: Settings):
-        path = resolve_model_dir(settings.model_dir)
         config = EngineConfig(
             device=settings.device,
             dtype=settings.dtype,
@@ -62,7 +74,10 @@ class LocalBackend:
             max_horizon=max(settings.max_horizon, 1),
             max_imagine=max(settings.max_imagine_sequences, 1),
         )
-        self.engine = RolloutEngine.from_checkpoint(path, config)
+        if settings.model_repository:  # the exported TorchScript files (same tokens and frames)
+            self.engine = RolloutEngine.from_repository(resolve_model_repository(settings.model_repository), config)
+        else:
+            self.engine = RolloutEngine.from_checkpoint(resolve_model_dir(settings.model_dir), config)
 
     def model_info(self) -> dict:
         return self.engine.model_info()

@@ -16,6 +16,9 @@ class Settings(BaseSettings):
 
     # what to serve
     model_dir: str = Field("models/default", description="checkpoint folder (config.json + model.safetensors)")
+    model_repository: str | None = Field(
+        None, description="serve the exported TorchScript files of this model repository instead of model_dir"
+    )
     backend: Literal["local", "triton"] = Field("local", description="local: engine in this process")
     triton_url: str | None = Field(None, description="Triton gRPC address for the triton backend")
     device: str = "cpu"
