@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service = SessionService(settings, backend, registry, app.state.metrics)
         app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=2.0))
         heartbeat = asyncio.create_task(app.state.service.heartbeat()) if settings.redis_url else None
+        janitor = asyncio.create_task(app.state.service.janitor())
         grpc_server = None
         if settings.grpc_port is not None:
             from server.grpc_service import start_grpc
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            janitor.cancel()
             if heartbeat is not None:
                 heartbeat.cancel()
                 with contextlib.suppress(Exception):

@@ -225,6 +225,23 @@ class SessionService:
             return None
         return await self.registry.replica_address(rec.owner)
 
+    async def janitor(self) -> None:
+        """Drop this replica's engine copies of sessions that expired or were deleted elsewhere, until cancelled."""
+        period = min(max(self.settings.session_ttl_s / 2, 0.5), 60.0)
+        while True:
+            await asyncio.sleep(period)
+            for sid in list(self._local):
+                with contextlib.suppress(Exception):  # Redis down: try again next round
+                    if await self.registry.get(sid) is None:
+                        await self._forget(sid)
+
+    async def _forget(self, sid: str) -> None:
+        lock = self._locks.get(sid)
+        if lock is not None and lock.locked():
+            return  # in use: the request in flight ends with a 404 and a later round drops it
+        self._locks.pop(sid, None)
+        await self._drop_local(sid)
+
     async def heartbeat(self) -> None:
         """Tell the other replicas that this one is alive (and where), until cancelled."""
         period = self.settings.heartbeat_s
