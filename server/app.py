@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from fastapi import FastAPI, Request
@@ -54,6 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.keys:
             log.warning("no API keys configured (IVIDEOGPT_API_KEYS): the service is open to every caller")
+        # every engine call blocks a thread while the engine batches it with the others: the
+        # default pool (cpu + 4 threads) would cap how many sessions step together
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(settings.worker_threads, "engine-call"))
         backend = await asyncio.to_thread(make_backend, settings)
         registry = make_registry(settings.redis_url, settings.redis_prefix)
         app.state.service = SessionService(settings, backend, registry, app.state.metrics)

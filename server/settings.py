@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     cache_bytes: int = Field(1 << 30, description="KV cache budget of the local engine")
+    worker_threads: int = Field(
+        64, ge=1, description="requests in the engine at once (each waits in a thread; the engine batches them)"
+    )
     engine_idle_s: float = Field(600.0, description="engine evicts a session idle this long (history stays)")
 
     # where to listen (the CLI flags override these)
