@@ -35,3 +35,12 @@ def test_readme_curl_example(gw: Gateway, tmp_path: Path) -> None:
         frame = np.asarray(Image.open(tmp_path / f"frame{i}.png"))
         assert frame.shape == (64, 64, 3)
     assert '"step_index":2' in r.stdout  # the GET after the step
+
+
+def test_readme_lists_every_setting() -> None:
+    from server.settings import Settings
+
+    readme = (REPO / "README.md").read_text()
+    names = [f"IVIDEOGPT_{name.upper()}" for name in Settings.model_fields]
+    missing = [n for n in names if n not in readme]
+    assert not missing, f"README lacks {missing}"
