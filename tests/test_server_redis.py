@@ -212,3 +212,26 @@ def test_keys_expire_with_the_session(pair: tuple[Gateway, Gateway], prefix: str
         assert 0 < r.ttl(k) <= 120
     assert httpx.delete(f"{a.url}/v1/sessions/{sid}").status_code == 204
     assert not list(r.scan_iter(match=f"{prefix}*{sid}"))
+
+
+def test_reanchor_by_imagine_survives_a_restore(pair: tuple[Gateway, Gateway], reference: RolloutEngine) -> None:
+    """Imagine near the position limit re-anchors the session; the history records it, so a restore
+    elsewhere continues exactly like the original (22 frames fit one anchor of the tiny model)."""
+    a, b = pair
+    first, seqs, after = actions(50, 20), [actions(51, 3), actions(52, 3)], actions(53, 2)
+    sid = create(a.url, seed=17)
+    step(a.url, sid, first)
+    r = httpx.post(f"{a.url}/v1/sessions/{sid}/imagine", json={"action_sequences": seqs}, timeout=120)
+    assert r.status_code == 200, r.text
+    got = frames_of(step(b.url, sid, after, step_index=20))  # b never forwards: it restores from the history
+    ctx = torch.from_numpy(context(0).transpose(0, 3, 1, 2).copy())
+    ref = reference.open(ctx, SamplingParams(seed=17))
+    try:
+        reference.step(ref, torch.tensor(first))
+        imagined = reference.imagine(ref, torch.tensor(seqs))
+        expected = to_uint8_hwc(reference.step(ref, torch.tensor(after)).frames)
+        assert reference.history(ref).reanchors, "the scenario must re-anchor inside imagine"
+    finally:
+        reference.close(ref)
+    np.testing.assert_allclose(r.json()["rewards"], imagined.rewards.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got, expected)
