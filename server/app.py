@@ -12,6 +12,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.backend import make_backend
@@ -35,6 +36,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), exc.status, headers=exc.headers())
+
+    @app.exception_handler(RedisError)
+    async def registry_down(_: Request, exc: RedisError) -> JSONResponse:
+        log.error("registry unavailable: %s", exc)
+        api = ApiError(
+            503, "registry_unavailable", f"session registry unavailable ({exc.__class__.__name__})", None, 1.0
+        )
+        return JSONResponse(api.body(), 503, headers=api.headers())
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -46,7 +46,7 @@ def free_port() -> int:
 class Gateway:
     """``python -m server`` in a subprocess; ``url`` once /readyz answers 200."""
 
-    def __init__(self, env: dict[str, str], grpc: bool = False, log: Path | None = None):
+    def __init__(self, env: dict[str, str], grpc: bool = False, log: Path | None = None, ready: str = "/readyz"):
         self.port = free_port()
         self.grpc_port = free_port() if grpc else None
         self.url = f"http://127.0.0.1:{self.port}"
@@ -69,16 +69,16 @@ class Gateway:
         self.log = log
         out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (lives as long as the process)
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT)
-        self._wait_ready()
+        self._wait_ready(ready)
 
-    def _wait_ready(self, timeout: float = 180.0) -> None:
+    def _wait_ready(self, path: str, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 tail = self.log.read_text()[-3000:] if self.log else ""
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{tail}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200:
+                if httpx.get(f"{self.url}{path}", timeout=2.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

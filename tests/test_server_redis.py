@@ -235,3 +235,19 @@ def test_reanchor_by_imagine_survives_a_restore(pair: tuple[Gateway, Gateway], r
         reference.close(ref)
     np.testing.assert_allclose(r.json()["rewards"], imagined.rewards.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got, expected)
+
+
+def test_unreachable_redis_is_not_ready_and_answers_503(env: dict[str, str], tmp_path: Path) -> None:
+    from gateway_helpers import free_port
+
+    down = {**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens there
+    g = Gateway(down, log=tmp_path / "gateway.log", ready="/healthz")
+    try:
+        r = httpx.get(f"{g.url}/readyz")
+        assert r.status_code == 503 and r.json()["checks"]["redis"].startswith("unreachable")
+        body = {"context_frames": [png_b64(f) for f in context(0)]}
+        r = httpx.post(f"{g.url}/v1/sessions", json=body, timeout=60)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "registry_unavailable"
+        assert int(r.headers["Retry-After"]) >= 1
+    finally:
+        g.stop()
