@@ -33,6 +33,7 @@ ERRORS = {
         413: "body too large",
         422: "invalid input: the error names the field",
         429: "limit or engine capacity reached: see Retry-After",
+        503: "session registry (Redis) unavailable: see Retry-After",
     }.items()
 }
 
