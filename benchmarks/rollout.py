@@ -13,6 +13,7 @@ import argparse
 import math
 import os
 import platform
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from ivideogpt.engine import EngineConfig, RolloutEngine
 from ivideogpt.model import WorldModel
 from ivideogpt.sampling import SamplingParams, draw_uniforms, sample_tokens
 from ivideogpt.transformer import KVCache
+from training.export import export
 
 GOALS = {
     "speedup_vs_reprefill": ">= 2.2",
@@ -43,6 +45,15 @@ def timed(fn: Callable[[], object], repeat: int = 1) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def concurrently(calls: list[Callable[[], object]]) -> None:
+    """Run the calls from one thread each (as concurrent clients would) and wait for all."""
+    threads = [threading.Thread(target=call) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def machine() -> str:
@@ -118,7 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     cfg = model.cfg
     ctx = torch.rand(1, 2, 3, 64, 64)
     engine = RolloutEngine(model, EngineConfig(cache_bytes=4 << 30, dtype=args.dtype_name, max_imagine=64))
-    trm, lay = engine.model.transformer, engine.layout
+    trm, lay = model.transformer, model.layout  # the engine runs these very modules
 
     # 1. one session, 14 frames with pixels: engine vs re-prefill
     frames = 4 if quick else 14
@@ -126,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     sid = engine.open(ctx[0])
     t_engine = timed(lambda: engine.step(sid, acts[0]))
     engine.close(sid)
-    t_published = timed(lambda: reprefill_rollout(engine.model, ctx.to(dtype), acts, True, dtype))
+    t_published = timed(lambda: reprefill_rollout(model, ctx.to(dtype), acts, True, dtype))
     report("speedup_vs_reprefill", t_published / t_engine)
     if quick:
         print(f"# (quick: {frames} frames; the advantage grows with the number of frames)")
@@ -153,18 +164,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         t_one = timed(lambda: eng.step(one, a, return_frames=pixels))
         eng.close(one)
         sids = [eng.open(c) for _ in range(32)]
-        for i, s in enumerate(sids):  # different lengths
-            if i % 4:
-                eng.step(s, torch.randn(i % 4, a.shape[1]), return_frames=False)
-
-        def all_sessions() -> None:
-            threads = [threading.Thread(target=eng.step, args=(s, a, pixels)) for s in sids]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-
-        t_all = timed(all_sessions)
+        concurrently(  # bring the sessions to different lengths (batched, so it is quick)
+            [lambda s=s, i=i: eng.step(s, torch.randn(i % 4, a.shape[1]), False) for i, s in enumerate(sids) if i % 4]
+        )
+        t_all = timed(lambda: concurrently([lambda s=s: eng.step(s, a, pixels) for s in sids]))
         for s in sids:
             eng.close(s)
         return (32 / t_all) / (1 / t_one)
@@ -196,7 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     sid = engine.open(ctx[0])
     t_imagine = timed(lambda: engine.imagine(sid, seqs))
     contexts = ctx.expand(k, -1, -1, -1, -1).to(dtype)
-    t_batch = timed(lambda: reprefill_rollout(engine.model, contexts, seqs, False, dtype))
+    t_batch = timed(lambda: reprefill_rollout(model, contexts, seqs, False, dtype))
     report("speedup_imagine_k16", t_batch / t_imagine)
 
     # 6. imagine memory: K=64 forks over one stored prefix
@@ -231,16 +234,29 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     teng.close(one)
     report("tiny_frames_per_s_1", n / t1)
     sids = [teng.open(torch.rand(2, 3, 64, 64)) for _ in range(32)]
-
-    def all_tiny() -> None:
-        threads = [threading.Thread(target=teng.step, args=(s, torch.randn(n // 4, 4))) for s in sids]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-
-    report("tiny_frames_per_s_32", 32 * (n // 4) / timed(all_tiny))
+    t32 = timed(lambda: concurrently([lambda s=s: teng.step(s, torch.randn(n // 4, 4)) for s in sids]))
+    report("tiny_frames_per_s_32", 32 * (n // 4) / t32)
     teng.shutdown()
+
+    # 9. the same tiny session on the exported TorchScript modules vs eager, interleaved
+    with tempfile.TemporaryDirectory() as repo:
+        export(tiny, repo)
+        engines = {
+            "eager": RolloutEngine(tiny, EngineConfig(cache_bytes=64 << 20, dtype=args.dtype_name)),
+            "torchscript": RolloutEngine.from_repository(
+                repo, EngineConfig(cache_bytes=64 << 20, dtype=args.dtype_name)
+            ),
+        }
+        best = {name: math.inf for name in engines}
+        for _ in range(2 if quick else 4):
+            for name, eng in engines.items():
+                sid = eng.open(torch.rand(2, 3, 64, 64))
+                best[name] = min(best[name], timed(lambda e=eng, s=sid: e.step(s, torch.randn(n, 4))))
+                eng.close(sid)
+        for eng in engines.values():
+            eng.shutdown()
+    report("tiny_frames_per_s_1_torchscript", n / best["torchscript"])
+    report("speedup_torchscript_vs_eager_tiny", best["eager"] / best["torchscript"])
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,7 +155,9 @@ def export(model: WorldModel, out: str | Path) -> Path:
     for name in MODULES:
         inputs, outputs, example = specs[name]
         module = runner.modules[name]
-        compiled = torch.jit.trace(module, example, check_trace=False) if example else torch.jit.script(module)
+        with warnings.catch_warnings():  # the tokenizer's shape checks are constants by design
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            compiled = torch.jit.trace(module, example, check_trace=False) if example else torch.jit.script(module)
         folder = out / module_folder(name)
         (folder / "1").mkdir(parents=True, exist_ok=True)
         torch.jit.save(compiled, str(folder / "1" / "model.pt"))
