@@ -26,7 +26,7 @@ def check_key(settings: Settings, key: str | None) -> str:
     raise ApiError(401, "unauthorized", "missing or unknown API key (Authorization: Bearer or X-API-Key)", "api_key")
 
 
-def caller(
+async def caller(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     api_key: Annotated[str | None, Depends(header_key)],

@@ -40,7 +40,7 @@ ERRORS = {
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], route_class=WireRoute, responses=ERRORS)
 
 
-def service(request: Request) -> SessionService:
+async def service(request: Request) -> SessionService:
     return request.app.state.service
 
 
