@@ -66,6 +66,7 @@ class LocalBackend:
     """The rollout engine in this process (its scheduler thread batches every session's steps)."""
 
     def __init__(self, settings: Settings):
+        self.settings = settings
         config = EngineConfig(
             device=settings.device,
             dtype=settings.dtype,
