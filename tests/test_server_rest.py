@@ -337,6 +337,13 @@ def test_websocket_stream_json_and_msgpack(gw: Gateway, client: httpx.Client) ->
         assert [m["type"] for m in replies] == ["frame", "frame", "frame", "done"]  # replayed from the record
         np.testing.assert_allclose([m["reward"] for m in replies[:3]], ref["rewards"], rtol=1e-6)
         assert all(m["frame"] is None for m in replies[:3])
+    from websockets.exceptions import ConnectionClosed
+
+    with connect(f"{ws_url}/v1/sessions/{ref_sid}/stream", additional_headers=A) as ws:  # over the body limit
+        ws.send("x" * (300 << 10))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # message too big
     client.delete(f"/v1/sessions/{ref_sid}")
 
 
