@@ -39,6 +39,7 @@ class KVCache:
         self.k, self.v, self.lengths = k, v, lengths
         self.limit = min(self.capacity, max_positions or self.capacity)
         self._positions = self._end = self._mask = None
+        self._span, self._causal = 0, False
         self._write: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
@@ -75,14 +76,20 @@ class KVCache:
         span = int(end.max())
         if span > self.limit:
             raise ValueError(f"cache row would reach {span} tokens, capacity {self.limit}")
-        key_pos = torch.arange(span, device=device)
-        self._mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, S]
-        self._positions, self._end = positions, end
+        # CPU attention kernels are several times slower with a mask: use none where the rows
+        # agree (one new token each at one length, or a causal block from position 0)
+        uniform = n_new is None and int(self.lengths.min()) == int(self.lengths.max())
+        self._causal = uniform and t > 1 and int(self.lengths[0]) == 0
+        self._mask = None
+        if not uniform or (t > 1 and not self._causal):
+            key_pos = torch.arange(span, device=device)
+            self._mask = additive_mask((key_pos[None, None, :] <= positions[:, :, None])[:, None])  # [B, 1, T, S]
+        self._positions, self._end, self._span = positions, end, span
         return positions.clamp(max=self.limit - 1)  # changes padding inputs only
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         positions, mask = self._positions, self._mask
-        assert positions is not None and mask is not None, "begin() first"
+        assert positions is not None, "begin() first"
         if self._write is None:  # every input is real: one scatter along the position axis
             index = positions[:, None, :, None].expand_as(k)
             self.k[layer].scatter_(2, index, k.to(self.k.dtype))
@@ -92,10 +99,10 @@ class KVCache:
             slots = positions[rows, steps]
             self.k[layer][rows, :, slots] = k.transpose(1, 2)[rows, steps].to(self.k.dtype)
             self.v[layer][rows, :, slots] = v.transpose(1, 2)[rows, steps].to(self.v.dtype)
-        span = mask.shape[-1]
-        keys = self.k[layer, :, :, :span].to(q.dtype)
-        values = self.v[layer, :, :, :span].to(q.dtype)
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        keys = self.k[layer, :, :, : self._span].to(q.dtype)
+        values = self.v[layer, :, :, : self._span].to(q.dtype)
+        mask = None if mask is None else mask.to(q.dtype)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=self._causal)
 
     def commit(self) -> None:
         assert self._end is not None, "begin() first"
@@ -113,6 +120,11 @@ class RMSNorm(nn.Module):
         # normalise in fp32, scale in the input dtype (as HF Llama does)
         h = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * h.to(x.dtype)
+
+
+def additive_mask(allowed: torch.Tensor) -> torch.Tensor:
+    """Boolean ``allowed`` -> 0 / -inf float mask (CPU attention runs several times faster with it)."""
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:

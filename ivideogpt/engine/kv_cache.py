@@ -17,6 +17,7 @@ import torch
 
 from ivideogpt.config import TransformerConfig
 from ivideogpt.engine.errors import CapacityError
+from ivideogpt.transformer import additive_mask
 
 
 @dataclass(frozen=True)
@@ -172,13 +173,18 @@ class DecodeBatch:
             self.session_rows = torch.tensor([s.row for s in sessions], **long)
             self.session_slots = torch.tensor(slots, **long) - lo
             self.window = torch.tensor([lo, hi - lo, span, pool.slot_tokens], **long)
-            lengths = torch.zeros(hi - lo, **long)  # slots without a row here attend to key 0 only
-            lengths[self.session_slots] = torch.tensor([s.length for s in sessions], **long)
-            self.session_mask = (torch.arange(span, device=device)[None, :] <= lengths[:, None])[:, None, None]
+            row_lengths = [s.length for s in sessions]
+            if len(sessions) == hi - lo and min(row_lengths) == max(row_lengths):
+                self.session_mask = torch.zeros(0, 1, 1, 1, device=device)  # no mask needed (faster)
+            else:
+                lengths = torch.zeros(hi - lo, **long)  # slots without a row here attend to key 0 only
+                lengths[self.session_slots] = torch.tensor(row_lengths, **long)
+                allowed = torch.arange(span, device=device)[None, :] <= lengths[:, None]
+                self.session_mask = additive_mask(allowed[:, None, None])
         else:
             self.session_rows = self.session_slots = torch.zeros(0, **long)
             self.window = torch.zeros(4, **long)
-            self.session_mask = torch.zeros(0, 1, 1, 1, dtype=torch.bool, device=device)
+            self.session_mask = torch.zeros(0, 1, 1, 1, device=device)
         meta = [
             [g.rows.start, g.rows.stop - g.rows.start, g.parent_start, g.prefix, g.suffix_start, g.stride, g.length]
             for g in forks

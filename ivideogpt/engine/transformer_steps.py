@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ivideogpt.transformer import WorldModelTransformer, apply_rope, symexp
+from ivideogpt.transformer import WorldModelTransformer, additive_mask, apply_rope, symexp
 
 
 class TransformerEmbed(nn.Module):
@@ -76,7 +76,7 @@ class TransformerPrefill(nn.Module):
         cos = self.rope_cos[positions][None, None].to(x.dtype)
         sin = self.rope_sin[positions][None, None].to(x.dtype)
         keys_pos = torch.arange(s + t, device=x.device)
-        mask = (keys_pos[None, :] <= positions[:, None])[None, None]  # [1, 1, T, s + T]
+        mask = additive_mask((keys_pos[None, :] <= positions[:, None])[None, None]).to(x.dtype)  # [1, 1, T, s + T]
         h, dh = self.n_heads, self.head_dim
         for i, layer in enumerate(self.layers):
             y = layer.attn_norm(x)
@@ -88,7 +88,10 @@ class TransformerPrefill(nn.Module):
             v_slot[i][:, s : s + t] = v[0].to(v_slot.dtype)
             keys = k_slot[i][None, :, : s + t].to(q.dtype)
             values = v_slot[i][None, :, : s + t].to(q.dtype)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            if s == 0:  # a causal block from position 0 needs no explicit mask
+                out = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+            else:
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             x = x + layer.attn.o_proj(out.transpose(1, 2).reshape(1, t, -1))
             x = x + layer.mlp(layer.mlp_norm(x))
         return self.norm(x)
@@ -102,8 +105,9 @@ class TransformerDecode(nn.Module):
     sessions: rows [Ns], their slot in the window [Ns], window = (first slot, slots, span,
     slot_tokens), mask [slots, 1, 1, span]; forks [G, 7] = (first row, K, parent start,
     prefix, suffix start, stride, suffix length). Session rows attend in one kernel over the
-    strided view of the slots they span; a fork row over the shared prefix (read once for its
-    group) and its own suffix, merged in one softmax.
+    strided view of the slots they span (``mask`` is an additive 0/-inf mask, or empty when
+    every slot of the window holds a row at the same length); a fork row over the shared
+    prefix (read once for its group) and its own suffix, merged in one softmax.
     """
 
     n_heads: Final[int]
@@ -171,7 +175,10 @@ class TransformerDecode(nn.Module):
         values = pv.view(h, -1, slot_tokens, dh)[:, lo : lo + n, :span].transpose(0, 1).to(q.dtype)
         queries = torch.zeros(n, h, 1, dh, dtype=q.dtype, device=q.device)
         queries[slots] = q[rows][:, :, None]
-        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
+        if mask.numel() == 0:  # every slot of the window holds a row at the same length
+            out = F.scaled_dot_product_attention(queries, keys, values)
+        else:
+            out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask.to(q.dtype))
         return out[slots][:, :, 0]
 
     def _forks(self, q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
