@@ -109,7 +109,7 @@ class LocalBackend:
 
     def has(self, session_id: str) -> bool:
         # no public membership test on the engine yet (see the report of issue 7)
-        return session_id in self.engine._sessions
+        return self.engine.has(session_id)
 
     def shutdown(self) -> None:
         self.engine.shutdown()

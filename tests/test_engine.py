@@ -199,6 +199,9 @@ def test_bad_inputs_raise_typed_errors_and_leave_others_untouched(model: WorldMo
             assert info.value.field == field and field in str(info.value)
     assert eng.history(bystander).to_dict() == snapshot.to_dict()
     assert eng.history(victim).steps == []
+    assert eng.has(bystander) and not eng.has("nope")
+    assert eng.history(bystander, since_step=1).steps == snapshot.steps[1:]
+    assert eng.stats()["token_rows_total"] >= eng.stats()["token_steps_total"] == 2 * 17
 
     ref = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20))
     twin = ref.restore(snapshot)

@@ -114,6 +114,8 @@ class RolloutEngine:
             "cache_bytes_used": self.pool.used_bytes,
             "cache_bytes_free": self.pool.free_bytes,
             "batch_rows_last": self.scheduler.batch_rows_last,
+            "token_steps_total": self.scheduler.token_steps,
+            "token_rows_total": self.scheduler.token_rows,
             "evictions": self.evictions,
             "restores": self.restores,
         }
@@ -218,10 +220,13 @@ class RolloutEngine:
     def imagine(
         self, session_id: str, action_sequences: torch.Tensor | np.ndarray, return_frames: bool = False
     ) -> ImagineResult:
-        """K rollouts from the session's current state; the session itself is unchanged.
+        """K rollouts from the session's current state; the session's frames are unchanged.
 
         The forks share the session's cached prefix (read in place, stored once); each owns
-        only its suffix. Fork k samples from random stream k.
+        only its suffix. Fork k samples from random stream k. If the rollouts would pass the
+        position limit, the session is re-anchored first (recorded in its history, so a
+        restore reproduces it); its next step is then the one it would have taken after
+        that re-anchor.
         """
         session = self._get(session_id)
         seqs = self._check_actions(action_sequences, "action_sequences", ndim=3)
@@ -288,10 +293,19 @@ class RolloutEngine:
         with session.lock:
             self.scheduler.run_exclusive(lambda: self._drop(session))
 
-    def history(self, session_id: str) -> SessionHistory:
+    def has(self, session_id: str) -> bool:
+        """Whether this engine holds the session (it may have been evicted or never opened here)."""
+        with self._lock:
+            return session_id in self._sessions
+
+    def history(self, session_id: str, since_step: int = 0) -> SessionHistory:
+        """A copy of the session's history; with ``since_step`` only the steps from there on."""
         session = self._get(session_id)
         with session.lock:
-            return SessionHistory.from_dict(session.history.to_dict())
+            h = session.history
+            steps = [StepRecord(r.action, list(r.tokens), r.reward) for r in h.steps[since_step:]]
+            context = [list(c) for c in h.context_ids]
+            return SessionHistory(context, dict(h.sampling), h.stream, steps, list(h.reanchors))
 
     def recorded_frames(self, session_id: str, start: int, stop: int | None = None) -> torch.Tensor:
         """Re-decode the frames of already recorded steps [start, stop) (for retried requests).

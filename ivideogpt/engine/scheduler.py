@@ -60,6 +60,8 @@ class Scheduler:
         self._stop = False
         self.batch_rows_last = 0
         self.batch_rows_peak = 0
+        self.token_steps = 0  # running totals, for metrics
+        self.token_rows = 0
         self._thread = threading.Thread(target=self._loop, name="ivideogpt-scheduler", daemon=True)
         self._thread.start()
 
@@ -157,6 +159,8 @@ class Scheduler:
             row += job.k
         self.batch_rows_last = row
         self.batch_rows_peak = max(self.batch_rows_peak, row)
+        self.token_steps += 1
+        self.token_rows += row
 
         x = runner.embed(torch.cat(ids).to(device), torch.cat(actions).to(device), torch.cat(with_action).to(device))
         batch = DecodeBatch(self.pool, row, sessions, forks)
