@@ -161,7 +161,12 @@ def evaluate(
         "context_frames": c,
         "start": start,
         "best_of": best_of,
-        "sampling": {"temperature": sampling.temperature, "top_k": sampling.top_k, "seed": sampling.seed},
+        "sampling": {
+            "temperature": sampling.temperature,
+            "top_k": sampling.top_k,
+            "greedy": sampling.greedy,
+            "seed": sampling.seed,
+        },
         # one seeded sample (the first)
         "psnr": float(sample_psnr[0].mean()),
         "ssim": float(sample_ssim[0].mean()),
@@ -213,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=100)
+    p.add_argument("--greedy", action="store_true", help="argmax tokens instead of sampling")
     p.add_argument("--lpips", default=None, help="local TorchScript LPIPS module")
     p.add_argument("--fvd", default=None, help="local TorchScript FVD module (real, fake videos -> distance)")
     p.add_argument("--threads", type=int, default=1)
@@ -227,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         collect(data, **HELDOUT_COLLECTION)
     episodes = load_episodes(data)[: a.episodes]
     model = checkpoint.load(a.checkpoint)
-    sampling = SamplingParams(temperature=a.temperature, top_k=a.top_k, seed=a.seed)
+    sampling = SamplingParams(temperature=a.temperature, top_k=a.top_k, greedy=a.greedy, seed=a.seed)
     png = Path(a.png) if a.png else (Path(a.json).with_suffix(".png") if a.json else None)
     result = evaluate(model, episodes, a.horizon, a.start, a.best_of, sampling, a.lpips, a.fvd, png)
     result["checkpoint"], result["data"] = str(a.checkpoint), str(a.data)
