@@ -245,10 +245,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init-official", default=None, help="start from a published iVideoGPT folder")
     p.add_argument("--action-dim", type=int, default=None, help="new action dim (new zero-initialised layer)")
     p.add_argument("--reward-head", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=3200)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--n-future", type=int, default=10, help="future frames per clip")
-    p.add_argument("--stride", type=int, default=4, help="frames between the starts of tokenized windows")
+    p.add_argument("--stride", type=int, default=5, help="frames between the starts of tokenized windows")
     p.add_argument("--tokenize-dtype", default="bf16", choices=list(loop.DTYPES))
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
@@ -256,7 +256,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--reward-weight", type=float, default=1.0)
     p.add_argument("--heldout-fraction", type=float, default=0.05)
-    p.add_argument("--dtype", default="fp32", choices=list(loop.DTYPES), help="autocast dtype")
+    p.add_argument(
+        "--dtype",
+        default="bf16",
+        choices=list(loop.DTYPES),
+        help="autocast dtype (bf16: 2x faster on CPU, same losses)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
