@@ -55,6 +55,15 @@ class TransformerHeads(nn.Module):
         return logits, rewards
 
 
+def share_layers(module: nn.Module, trm: WorldModelTransformer) -> None:
+    """Give a step module the transformer's layers, final norm and rotary tables (shared, not copied)."""
+    module.layers = trm.layers
+    module.norm = trm.norm
+    module.n_heads, module.head_dim = trm.cfg.n_heads, trm.cfg.head_dim
+    module.register_buffer("rope_cos", trm.rope_cos, persistent=False)
+    module.register_buffer("rope_sin", trm.rope_sin, persistent=False)
+
+
 class TransformerPrefill(nn.Module):
     """Append T tokens to one session's slot: x [1, T, D], slot k/v [L, H, S, Dh], start [1] -> hidden [1, T, D]."""
 
@@ -63,11 +72,7 @@ class TransformerPrefill(nn.Module):
 
     def __init__(self, trm: WorldModelTransformer):
         super().__init__()
-        self.layers = trm.layers
-        self.norm = trm.norm
-        self.n_heads, self.head_dim = trm.cfg.n_heads, trm.cfg.head_dim
-        self.register_buffer("rope_cos", trm.rope_cos, persistent=False)
-        self.register_buffer("rope_sin", trm.rope_sin, persistent=False)
+        share_layers(self, trm)
 
     def forward(self, x: torch.Tensor, k_slot: torch.Tensor, v_slot: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         t = x.shape[1]
@@ -115,11 +120,7 @@ class TransformerDecode(nn.Module):
 
     def __init__(self, trm: WorldModelTransformer):
         super().__init__()
-        self.layers = trm.layers
-        self.norm = trm.norm
-        self.n_heads, self.head_dim = trm.cfg.n_heads, trm.cfg.head_dim
-        self.register_buffer("rope_cos", trm.rope_cos, persistent=False)
-        self.register_buffer("rope_sin", trm.rope_sin, persistent=False)
+        share_layers(self, trm)
 
     def forward(
         self,
