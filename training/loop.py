@@ -8,6 +8,7 @@ plus ``train_state.pt`` with the optimiser, step and RNG states for resuming),
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -136,3 +137,27 @@ def plot_losses(run: Path, keys: list[str], width: int = 640, height: int = 360)
     path = run / "loss.png"
     img.save(path)
     return path
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every training run shares: data split, precision, device, seed, cadence."""
+    p.add_argument("--heldout-fraction", type=float, default=0.05)
+    p.add_argument(
+        "--dtype",
+        default="bf16",
+        choices=list(DTYPES),
+        help="autocast dtype (bf16: 2x faster on CPU, same losses)",
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--stop-after", type=int, default=0, help="stop (with a checkpoint) after N steps of this run")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+
+
+def check_run_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.eval_every % args.log_every:
+        p.error("--eval-every must be a multiple of --log-every")

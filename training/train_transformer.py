@@ -255,24 +255,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--reward-weight", type=float, default=1.0)
-    p.add_argument("--heldout-fraction", type=float, default=0.05)
-    p.add_argument(
-        "--dtype",
-        default="bf16",
-        choices=list(loop.DTYPES),
-        help="autocast dtype (bf16: 2x faster on CPU, same losses)",
-    )
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--ckpt-every", type=int, default=100)
-    p.add_argument("--stop-after", type=int, default=0, help="stop (with a checkpoint) after N steps of this run")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    loop.add_run_arguments(p)
     args = p.parse_args(argv)
-    if args.eval_every % args.log_every:
-        p.error("--eval-every must be a multiple of --log-every")
+    loop.check_run_arguments(p, args)
     return args
 
 
