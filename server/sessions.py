@@ -387,6 +387,12 @@ class SessionService:
         if last["frames"] is not None and want_frames:
             frames = np.frombuffer(last["frames"], dtype=np.uint8).reshape(last["shape"])
         rewards = None if last["rewards"] is None else np.frombuffer(last["rewards"], dtype="<f4").astype(np.float32)
+        return await self._replayed(frames, rewards, step_index, h, on_frame)
+
+    async def _replayed(
+        self, frames: np.ndarray | None, rewards: np.ndarray | None, step_index: int, h: int, on_frame: OnFrame | None
+    ) -> StepOut:
+        """Hand a retried step's recorded result back (streamed frame by frame when asked)."""
         if on_frame is not None:
             for i in range(h):
                 r = None if rewards is None else float(rewards[i])
@@ -420,9 +426,4 @@ class SessionService:
         rewards = None
         if self.info["reward_head"]:
             rewards = np.array([r.reward for r in recorded], dtype=np.float32)
-        if on_frame is not None:
-            for i in range(h):
-                r = None if rewards is None else float(rewards[i])
-                await on_frame(FrameOut(step_index + i, None if frames is None else frames[i], r))
-        self.metrics.idempotent_replays.inc()
-        return StepOut(frames, rewards, step_index + h)
+        return await self._replayed(frames, rewards, step_index, h, on_frame)
