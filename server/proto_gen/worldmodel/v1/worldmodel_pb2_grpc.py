@@ -5,7 +5,7 @@ import warnings
 
 from server.proto_gen.worldmodel.v1 import worldmodel_pb2 as server_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
