@@ -15,9 +15,11 @@ from ivideogpt.engine.kv_cache import DecodeBatch, ForkGroup, KVCachePool, Sessi
 from ivideogpt.engine.runner import CONFIG_FILE, MODULES, ModelRunner, module_folder
 from ivideogpt.model import WorldModel
 from ivideogpt.sampling import SamplingParams
+from ivideogpt.triton_protocol import MODEL_NAME as ROLLOUT_MODEL
 from training.export import export
 
 R = 32
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +99,25 @@ def test_export_is_reproducible_and_complete(model: WorldModel, tmp_path: Path) 
         subprocess.run(cmd, check=True, capture_output=True)
     files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(outs[1]) for p in outs[1].rglob("*") if p.is_file())
-    assert {str(f) for f in files} == {CONFIG_FILE} | {
+    rollout = {f"{ROLLOUT_MODEL}/config.pbtxt", f"{ROLLOUT_MODEL}/1/model.py"}
+    assert {str(f) for f in files} == {CONFIG_FILE} | rollout | {
         f"{module_folder(m)}/{f}" for m in MODULES for f in ("config.pbtxt", "1/model.pt")
     }
     for f in files:
         assert (outs[0] / f).read_bytes() == (outs[1] / f).read_bytes(), f
+
+
+def test_committed_repository_is_the_default_model_exported(tmp_path: Path) -> None:
+    """model_repository/ is what `python -m training.export models/default` writes today."""
+    cmd = [sys.executable, "-m", "training.export", str(REPO / "models/default"), "--out", str(tmp_path / "fresh")]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
+    fresh = sorted(p.relative_to(tmp_path / "fresh") for p in (tmp_path / "fresh").rglob("*") if p.is_file())
+    committed = REPO / "model_repository"
+    assert fresh == sorted(p.relative_to(committed) for p in committed.rglob("*") if p.is_file())
+    for f in fresh:
+        assert (committed / f).read_bytes() == (tmp_path / "fresh" / f).read_bytes(), (
+            f"model_repository/{f} is stale: run python -m training.export models/default --out model_repository"
+        )
 
 
 def test_config_pbtxt_matches_the_modules(model: WorldModel, repository: Path) -> None:

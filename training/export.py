@@ -4,7 +4,9 @@
 
 Writes one folder per serving entry point (``ivideogpt_<module>/1/model.pt`` +
 ``config.pbtxt``, platform ``pytorch_libtorch``, ``<NAME>__<index>`` tensors) and the model's
-config (``ivideogpt_config.json``) beside them, so the artifact alone describes the model.
+config (``ivideogpt_config.json``) beside them, so the artifact alone describes the model, and
+the stateful ``ivideogpt_rollout`` model (Triton Python backend: our engine over these files,
+one session per sequence; see ``ivideogpt.triton_rollout``).
 The engine loads the same files (``RolloutEngine.from_repository``): one artifact format,
 two runtimes. The tokenizer modules are traced (their control flow depends only on
 shapes); the transformer modules are scripted. Exporting the same checkpoint twice gives
@@ -26,6 +28,8 @@ from ivideogpt.checkpoint import load
 from ivideogpt.engine.kv_cache import DecodeBatch, KVCachePool, SessionRow
 from ivideogpt.engine.runner import CONFIG_FILE, MODULES, ModelRunner, module_folder
 from ivideogpt.model import WorldModel
+from ivideogpt.triton_protocol import MODEL_NAME as ROLLOUT_MODEL
+from ivideogpt.triton_protocol import config_pbtxt as rollout_config_pbtxt
 
 TRITON_TYPES = {torch.float32: "TYPE_FP32", torch.int64: "TYPE_INT64", torch.bool: "TYPE_BOOL"}
 
@@ -63,8 +67,24 @@ def config_pbtxt(name: str, inputs: list[TensorSpec], outputs: list[TensorSpec])
     )
 
 
+ROLLOUT_MODEL_PY = '''"""Triton Python-backend entry point of the stateful rollout model: ivideogpt.triton_rollout."""
+
+from ivideogpt.triton_rollout import TritonPythonModel
+
+__all__ = ["TritonPythonModel"]
+'''
+
+
+def write_rollout_model(out: Path, action_dim: int, session_ttl_s: float) -> Path:
+    folder = out / ROLLOUT_MODEL
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    (folder / "1" / "model.py").write_text(ROLLOUT_MODEL_PY)
+    (folder / "config.pbtxt").write_text(rollout_config_pbtxt(action_dim, session_ttl_s))
+    return folder
+
+
 @torch.inference_mode(False)
-def export(model: WorldModel, out: str | Path) -> Path:
+def export(model: WorldModel, out: str | Path, session_ttl_s: float = 3600.0) -> Path:
     """Script/trace every entry point of ``model`` and write the repository into ``out``."""
     out = Path(out)
     torch.manual_seed(0)  # example inputs are fixed, so the files are too
@@ -163,6 +183,7 @@ def export(model: WorldModel, out: str | Path) -> Path:
         torch.jit.save(compiled, str(folder / "1" / "model.pt"))
         (folder / "config.pbtxt").write_text(config_pbtxt(module_folder(name), inputs, outputs))
     (out / CONFIG_FILE).write_text(cfg.to_json() + "\n")
+    write_rollout_model(out, trm.action_dim, session_ttl_s)
     return out
 
 
@@ -177,9 +198,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="our checkpoint folder (config.json + model.safetensors)")
     parser.add_argument("--out", default="model_repository", help="model repository to write into")
+    parser.add_argument(
+        "--session-ttl-s", type=float, default=3600.0, help="idle sessions of ivideogpt_rollout are freed after this"
+    )
     args = parser.parse_args(argv)
-    path = export(load(args.checkpoint), args.out)
-    print(f"exported {args.checkpoint} into {path}: {', '.join(module_folder(m) for m in MODULES)}")
+    path = export(load(args.checkpoint), args.out, args.session_ttl_s)
+    names = [module_folder(m) for m in MODULES] + [ROLLOUT_MODEL]
+    print(f"exported {args.checkpoint} into {path}: {', '.join(names)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """The tokenizer's serving entry points, as modules with tensor-only signatures (for tracing).
 
-Decoder features travel as a tuple of tensors, one per stage of the context decoder.
+Each holds only the submodules its path uses (a traced module saves every parameter it
+holds). Decoder features travel as a tuple of tensors, one per stage of the context decoder.
 """
+
+import copy
 
 import torch
 from torch import nn
@@ -9,12 +12,19 @@ from torch import nn
 from ivideogpt.tokenizer import CompressiveTokenizer
 
 
+def _with_only(tokenizer: CompressiveTokenizer, *names: str) -> CompressiveTokenizer:
+    """A shallow copy of ``tokenizer`` sharing the named submodules' parameters, without the others."""
+    part = copy.copy(tokenizer)
+    part._modules = {n: m for n, m in tokenizer._modules.items() if n in names}
+    return part
+
+
 class ContextEncode(nn.Module):
     """Context frames [B, c, 3, H, W] in [0, 1] -> context ids [B, c, G]."""
 
     def __init__(self, tokenizer: CompressiveTokenizer):
         super().__init__()
-        self.tokenizer = tokenizer
+        self.tokenizer = _with_only(tokenizer, "encoder", "quant_conv", "quantize")
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.encode_context(frames)[0]
@@ -25,7 +35,7 @@ class ContextDecode(nn.Module):
 
     def __init__(self, tokenizer: CompressiveTokenizer):
         super().__init__()
-        self.tokenizer = tokenizer
+        self.tokenizer = _with_only(tokenizer, "quantize", "post_quant_conv", "decoder")
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
         frames, features = self.tokenizer.decode_context(ids)
@@ -37,7 +47,7 @@ class FutureDecode(nn.Module):
 
     def __init__(self, tokenizer: CompressiveTokenizer):
         super().__init__()
-        self.tokenizer = tokenizer
+        self.tokenizer = _with_only(tokenizer, "dynamics_quantize", "post_quant_linear", "cond_decoder")
 
     def forward(self, ids: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.decode_future(ids, list(features))

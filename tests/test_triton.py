@@ -1,0 +1,210 @@
+"""The stateful ``ivideogpt_rollout`` model on a real tritonserver (2.51, bundled by nvidia-pytriton).
+
+The server runs the committed ``model_repository/`` (with a short idle timeout) and is
+compared with the in-process engine on the same TorchScript files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from ivideogpt.engine import EngineConfig, RolloutEngine
+from ivideogpt.engine.errors import InvalidInput, SessionNotFound
+from ivideogpt.sampling import SamplingParams
+from ivideogpt.triton_client import TritonRolloutClient
+from ivideogpt.triton_protocol import MODEL_NAME, config_pbtxt
+from ivideogpt.triton_rollout import frames_uint8
+from ivideogpt.triton_server import TritonServer
+
+pytestmark = pytest.mark.triton
+
+REPO = Path(__file__).resolve().parents[1]
+TTL_S = 6.0
+SLOT_BYTES = 8 << 20
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed repository with a short session TTL (the idle test waits it out)."""
+    path = tmp_path_factory.mktemp("triton") / "model_repository"
+    shutil.copytree(REPO / "model_repository", path)
+    action_dim = json.loads((path / "ivideogpt_config.json").read_text())["transformer"]["action_dim"]
+    (path / MODEL_NAME / "config.pbtxt").write_text(config_pbtxt(action_dim, TTL_S, cache_bytes=16 * SLOT_BYTES))
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    log = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
+    with TritonServer(repository, log_file=log) as srv:
+        yield srv
+    assert srv.process is not None and srv.process.returncode == 0, "tritonserver did not stop cleanly on SIGTERM"
+
+
+@pytest.fixture(scope="module")
+def engine(repository: Path) -> Iterator[RolloutEngine]:
+    e = RolloutEngine.from_repository(repository, EngineConfig(cache_bytes=4 * SLOT_BYTES))
+    yield e
+    e.shutdown()
+
+
+def context(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+
+
+def actions(seed: int, *shape: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, (*shape, 4)).astype(np.float32)
+
+
+def run(coro_fn):
+    """Run ``coro_fn(client)`` on a fresh client (an aio channel belongs to one event loop)."""
+
+    async def main(url: str):
+        client = TritonRolloutClient(url)
+        try:
+            return await coro_fn(client)
+        finally:
+            await client.close_connection()
+
+    return lambda url: asyncio.run(main(url))
+
+
+def engine_open(engine: RolloutEngine, ctx: np.ndarray, seed: int) -> str:
+    return engine.open(torch.from_numpy(ctx.transpose(0, 3, 1, 2).copy()), SamplingParams(seed=seed))
+
+
+def test_session_through_triton_equals_the_engine(server: TritonServer, engine: RolloutEngine) -> None:
+    steps, seqs = actions(1, 5), actions(2, 8, 3)
+
+    async def session(client: TritonRolloutClient):
+        opened = await client.open(11, context(0), {"seed": 5})
+        first = await client.step(11, steps[:2])
+        second = await client.step(11, steps[2:])
+        imagined = await client.imagine(11, seqs, return_frames=True)
+        history = await client.history(11)
+        await client.close(11)
+        return opened, first, second, imagined, history
+
+    opened, first, second, imagined, history = run(session)(server.grpc_url)
+    sid = engine_open(engine, context(0), seed=5)
+    ref_steps = engine.step(sid, steps)
+    ref_imagine = engine.imagine(sid, seqs, return_frames=True)
+    ref_history = engine.history(sid)
+    engine.close(sid)
+
+    assert opened.context_ids == ref_history.context_ids
+    assert [r.tokens for r in history.steps] == [r.tokens for r in ref_history.steps]
+    assert [r.tokens for r in first.history.steps + second.history.steps] == [r.tokens for r in ref_history.steps]
+    assert (first.step_index, second.step_index) == (2, 5)
+    np.testing.assert_array_equal(np.concatenate([first.frames, second.frames]), frames_uint8(ref_steps.frames))
+    np.testing.assert_allclose(np.concatenate([first.rewards, second.rewards]), ref_steps.rewards, atol=1e-6)
+    assert imagined.rewards.shape == (8, 3) and imagined.frames.shape == (8, 3, 64, 64, 3)
+    np.testing.assert_allclose(imagined.rewards, ref_imagine.rewards.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(imagined.frames, frames_uint8(ref_imagine.frames))
+
+
+def test_interleaved_sessions_stay_independent(server: TritonServer, engine: RolloutEngine) -> None:
+    async def two_sessions(client: TritonRolloutClient):
+        await asyncio.gather(client.open(21, context(1), {"seed": 1}), client.open(22, context(2), {"seed": 2}))
+        out: dict[int, list] = {21: [], 22: []}
+        for i in range(3):  # concurrent requests of both sequences: the batcher may put them in one execute
+            a, b = await asyncio.gather(client.step(21, actions(10 + i, 1)), client.step(22, actions(20 + i, 2)))
+            out[21].append(a.frames)
+            out[22].append(b.frames)
+        await asyncio.gather(client.close(21), client.close(22))
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    got = run(two_sessions)(server.grpc_url)
+    for corrid, seed, offset, h in ((21, 1, 10, 1), (22, 2, 20, 2)):
+        sid = engine_open(engine, context(seed), seed)
+        ref = np.concatenate([frames_uint8(engine.step(sid, actions(offset + i, h)).frames) for i in range(3)])
+        engine.close(sid)
+        np.testing.assert_array_equal(got[corrid], ref)
+
+
+def test_restore_continues_like_the_uninterrupted_session(server: TritonServer) -> None:
+    async def restored(client: TritonRolloutClient):
+        await client.open(31, context(3), {"seed": 9})
+        await client.step(31, actions(30, 3))
+        history = await client.history(31)
+        whole = await client.step(31, actions(31, 2))
+        await client.restore(32, history)  # another sequence rebuilt from the first's history
+        again = await client.step(32, actions(31, 2))
+        await asyncio.gather(client.close(31), client.close(32))
+        return whole, again
+
+    whole, again = run(restored)(server.grpc_url)
+    np.testing.assert_array_equal(whole.frames, again.frames)
+    assert [r.tokens for r in whole.history.steps] == [r.tokens for r in again.history.steps]
+
+
+def test_idle_session_is_freed(server: TritonServer) -> None:
+    async def idle(client: TritonRolloutClient):
+        await client.open(41, context(4), {"seed": 0})
+        await client.step(41, actions(40, 1))
+        held = (await client.stats(40_001))["sessions"]
+        await asyncio.sleep(TTL_S + 2.5)
+        after = (await client.stats(40_002))["sessions"]
+        with pytest.raises(SessionNotFound):
+            await client.step(41, actions(41, 1))
+        return held, after
+
+    held, after = run(idle)(server.grpc_url)
+    assert held >= 1 and after == 0
+
+
+def raw_infer(url: str, corrid: int, start: bool, **arrays: tuple[np.ndarray, str]) -> grpcclient.InferResult:
+    client = grpcclient.InferenceServerClient(url)
+    request = []
+    for name, (value, dtype) in arrays.items():
+        tensor = grpcclient.InferInput(name, [1, *value.shape], dtype)
+        tensor.set_data_from_numpy(value[None])
+        request.append(tensor)
+    return client.infer(MODEL_NAME, request, sequence_id=corrid, sequence_start=start)
+
+
+def op(name: str) -> tuple[np.ndarray, str]:
+    return np.array([name.encode()], dtype=object), "BYTES"
+
+
+def test_malformed_requests_name_the_field(server: TritonServer) -> None:
+    url = server.grpc_url
+    cases = [
+        ("ACTIONS", dict(OPERATION=op("step"), ACTIONS=(actions(0, 2)[:, :3].copy(), "FP32"))),  # action dim 3
+        ("ACTIONS", dict(OPERATION=op("step"))),  # missing input
+        ("OPERATION", dict(OPERATION=op("teleport"))),
+        ("OPERATION", dict(ACTIONS=(actions(0, 1), "FP32"))),
+    ]
+
+    async def keep_open(client: TritonRolloutClient):
+        await client.open(51, context(5), {"seed": 0})
+
+    run(keep_open)(url)
+    for field, arrays in cases:
+        with pytest.raises(InferenceServerException) as err:
+            raw_infer(url, 51, False, **arrays)
+        assert field in err.value.message(), err.value.message()
+    with pytest.raises(InferenceServerException) as err:  # bad JSON on open
+        raw_infer(url, 52, True, OPERATION=op("open"), CONTEXT_FRAMES=(context(0), "UINT8"),
+                  SAMPLING_PARAMETERS=(np.array([b"{seed"], dtype=object), "BYTES"))  # fmt: skip
+    assert "SAMPLING_PARAMETERS" in err.value.message()
+
+    async def still_serving(client: TritonRolloutClient):
+        with pytest.raises(InvalidInput) as bad:
+            await client.step(51, actions(0, 70))  # horizon above the engine's limit, through our client
+        reply = await client.step(51, actions(0, 2))
+        await client.close(51)
+        return bad.value, reply
+
+    bad, reply = run(still_serving)(url)
+    assert bad.field == "actions" and reply.frames.shape == (2, 64, 64, 3) and reply.step_index == 2
