@@ -172,6 +172,18 @@ class ModelList(BaseModel):
     models: list[ModelInfo]
 
 
+class SampleContext(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"frames": [PNG_EXAMPLE, PNG_EXAMPLE], "source": "reach-v3/ep00000.npz", "start": 0}
+        }
+    )
+
+    frames: list[str] | Array = Field(description="base64 PNGs (JSON) or uint8 [n, H, W, 3] (msgpack)")
+    source: str = Field(description="the held-out episode's shard, relative to data/heldout/")
+    start: int = Field(description="index of the first frame in that episode")
+
+
 class ErrorDetail(BaseModel):
     status: int
     code: str = Field(description="invalid_input, session_not_found, capacity, too_many_sessions, conflict, ...")

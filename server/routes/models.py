@@ -1,11 +1,18 @@
-"""/v1/models: what a client must know to build requests (shapes, limits, sampling defaults)."""
+"""/v1/models: what a client must know to build requests (shapes, limits, sampling defaults);
+/v1/sample_context: held-out frames to open a first session on."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
 
 from server.auth import Caller
-from server.schemas import ModelInfo, ModelList
+from server.convert import frames_out
+from server.samples import sample_frames
+from server.schemas import ErrorBody, ModelInfo, ModelList, SampleContext
+from server.wire import msgpack_response, wants_msgpack
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -13,3 +20,27 @@ router = APIRouter(prefix="/v1", tags=["models"])
 @router.get("/models", response_model=ModelList, summary="The served model")
 async def models(request: Request, _: Caller) -> ModelList:
     return ModelList(models=[ModelInfo(**request.app.state.service.model_info())])
+
+
+@router.get(
+    "/sample_context",
+    response_model=SampleContext,
+    summary="Held-out frames of the shipped data, to open a session on",
+    responses={
+        401: {"model": ErrorBody, "description": "missing or unknown API key"},
+        404: {"model": ErrorBody, "description": "no held-out data of the model's image size on this server"},
+        422: {"model": ErrorBody, "description": "episode or frame range out of bounds"},
+    },
+)
+async def sample_context(
+    request: Request,
+    _: Caller,
+    frames: Annotated[int | None, Query(ge=1, le=64, description="how many (default: the model's context)")] = None,
+    episode: Annotated[int, Query(ge=0, le=100_000, description="held-out episode (manifest order)")] = 0,
+    start: Annotated[int, Query(ge=0, le=100_000, description="first frame in the episode")] = 0,
+) -> Response:
+    info = request.app.state.service.model_info()
+    source, x = sample_frames(info["image_size"], frames or info["context_frames"], episode, start)
+    binary = wants_msgpack(request)
+    payload = {"frames": frames_out(x, binary), "source": source, "start": start}
+    return msgpack_response(payload) if binary else JSONResponse(payload)

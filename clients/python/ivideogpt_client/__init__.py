@@ -1,5 +1,6 @@
 """Python SDK of the iVideoGPT world model gateway: REST (sync and async, JSON or msgpack) and gRPC, numpy in and out.
 
+>>> import numpy as np
 >>> from ivideogpt_client import WorldModelClient
 >>> client = WorldModelClient("http://127.0.0.1:8000")
 >>> with client.session(client.sample_context(), seed=0) as s:
@@ -18,12 +19,15 @@ from ivideogpt_client.errors import (
     Unauthorized,
     WorldModelError,
 )
+from ivideogpt_client.grpc_client import GrpcSession, GrpcWorldModelClient
 
 __all__ = [
     "AsyncSession",
     "AsyncWorldModelClient",
     "AtCapacity",
     "Conflict",
+    "GrpcSession",
+    "GrpcWorldModelClient",
     "InvalidRequest",
     "PayloadTooLarge",
     "ServiceUnavailable",
