@@ -9,7 +9,7 @@ import sys
 import uvicorn
 
 from server.app import create_app
-from server.backend import TritonBackend, resolve_model_dir, resolve_model_repository
+from server.backend import resolve_model_dir, resolve_model_repository
 from server.settings import Settings
 
 
@@ -24,13 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = env.model_copy(update={"host": args.host, "port": args.port, "grpc_port": args.grpc_port})
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # fail before binding a port, with the reason (missing model folder, unavailable backend)
-        if settings.backend == "local" and settings.model_repository:
-            resolve_model_repository(settings.model_repository)
-        elif settings.backend == "local":
+        if settings.backend == "triton":
+            if not settings.triton_url:
+                raise RuntimeError("IVIDEOGPT_BACKEND=triton needs IVIDEOGPT_TRITON_URL (Triton's gRPC host:port)")
+        elif settings.model_dir:
             resolve_model_dir(settings.model_dir)
         else:
-            TritonBackend(settings)
-    except (RuntimeError, NotImplementedError) as exc:
+            resolve_model_repository(settings.model_repository)
+    except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     app = create_app(settings)

@@ -15,11 +15,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IVIDEOGPT_", extra="ignore")
 
     # what to serve
-    model_dir: str = Field("models/default", description="checkpoint folder (config.json + model.safetensors)")
-    model_repository: str | None = Field(
-        None, description="serve the exported TorchScript files of this model repository instead of model_dir"
+    model_repository: str = Field(
+        "model_repository", description="exported model repository (TorchScript + config) the local engine serves"
     )
-    backend: Literal["local", "triton"] = Field("local", description="local: engine in this process")
+    model_dir: str | None = Field(
+        None, description="serve this checkpoint (config.json + model.safetensors) eagerly instead of model_repository"
+    )
+    backend: Literal["local", "triton"] = Field(
+        "local", description="local: engine in this process; triton: sessions on a Triton server"
+    )
     triton_url: str | None = Field(None, description="Triton gRPC address for the triton backend")
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

@@ -1,4 +1,8 @@
 import dataclasses
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +26,32 @@ def _keep_thread_count():
     torch.set_num_threads(THREADS)
     yield
     torch.set_num_threads(THREADS)
+
+
+TRITON_TTL_S = 6.0  # the Triton tests' session idle timeout (the idle tests wait it out)
+
+
+@pytest.fixture(scope="session")
+def triton_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed model_repository/ with a short idle timeout on ivideogpt_rollout."""
+    from ivideogpt.triton_protocol import MODEL_NAME, config_pbtxt
+
+    path = tmp_path_factory.mktemp("triton") / "model_repository"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "model_repository", path)
+    action_dim = json.loads((path / "ivideogpt_config.json").read_text())["transformer"]["action_dim"]
+    (path / MODEL_NAME / "config.pbtxt").write_text(config_pbtxt(action_dim, TRITON_TTL_S, cache_bytes=128 << 20))
+    return path
+
+
+@pytest.fixture(scope="session")
+def triton_server(triton_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A real tritonserver on loopback ports serving ivideogpt_rollout, stopped with SIGTERM."""
+    from ivideogpt.triton_server import TritonServer
+
+    log = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
+    with TritonServer(triton_repository, log_file=log) as srv:
+        yield srv
+    assert srv.process is not None and srv.process.returncode == 0, "tritonserver did not stop cleanly on SIGTERM"
 
 
 def small_config(action_dim: int = 3, reward_head: bool = True, context_length: int = 2) -> ModelConfig:

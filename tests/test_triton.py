@@ -1,14 +1,12 @@
 """The stateful ``ivideogpt_rollout`` model on a real tritonserver (2.51, bundled by nvidia-pytriton).
 
-The server runs the committed ``model_repository/`` (with a short idle timeout) and is
-compared with the in-process engine on the same TorchScript files.
+The server (conftest's ``triton_server``) runs the committed ``model_repository/`` with a
+short idle timeout and is compared with the in-process engine on the same TorchScript files.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,42 +16,24 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from conftest import TRITON_TTL_S
 from ivideogpt.engine import EngineConfig, RolloutEngine
 from ivideogpt.engine.errors import InvalidInput, SessionNotFound
 from ivideogpt.sampling import SamplingParams
 from ivideogpt.triton_client import TritonRolloutClient
-from ivideogpt.triton_protocol import MODEL_NAME, config_pbtxt
+from ivideogpt.triton_protocol import MODEL_NAME
 from ivideogpt.triton_rollout import frames_uint8
 from ivideogpt.triton_server import TritonServer
 
 pytestmark = pytest.mark.triton
 
 REPO = Path(__file__).resolve().parents[1]
-TTL_S = 6.0
 SLOT_BYTES = 8 << 20
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The committed repository with a short session TTL (the idle test waits it out)."""
-    path = tmp_path_factory.mktemp("triton") / "model_repository"
-    shutil.copytree(REPO / "model_repository", path)
-    action_dim = json.loads((path / "ivideogpt_config.json").read_text())["transformer"]["action_dim"]
-    (path / MODEL_NAME / "config.pbtxt").write_text(config_pbtxt(action_dim, TTL_S, cache_bytes=16 * SLOT_BYTES))
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    log = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
-    with TritonServer(repository, log_file=log) as srv:
-        yield srv
-    assert srv.process is not None and srv.process.returncode == 0, "tritonserver did not stop cleanly on SIGTERM"
-
-
-@pytest.fixture(scope="module")
-def engine(repository: Path) -> Iterator[RolloutEngine]:
-    e = RolloutEngine.from_repository(repository, EngineConfig(cache_bytes=4 * SLOT_BYTES))
+def engine(triton_repository: Path) -> Iterator[RolloutEngine]:
+    e = RolloutEngine.from_repository(triton_repository, EngineConfig(cache_bytes=4 * SLOT_BYTES))
     yield e
     e.shutdown()
 
@@ -83,7 +63,7 @@ def engine_open(engine: RolloutEngine, ctx: np.ndarray, seed: int) -> str:
     return engine.open(torch.from_numpy(ctx.transpose(0, 3, 1, 2).copy()), SamplingParams(seed=seed))
 
 
-def test_session_through_triton_equals_the_engine(server: TritonServer, engine: RolloutEngine) -> None:
+def test_session_through_triton_equals_the_engine(triton_server: TritonServer, engine: RolloutEngine) -> None:
     steps, seqs = actions(1, 5), actions(2, 8, 3)
 
     async def session(client: TritonRolloutClient):
@@ -95,7 +75,7 @@ def test_session_through_triton_equals_the_engine(server: TritonServer, engine: 
         await client.close(11)
         return opened, first, second, imagined, history
 
-    opened, first, second, imagined, history = run(session)(server.grpc_url)
+    opened, first, second, imagined, history = run(session)(triton_server.grpc_url)
     sid = engine_open(engine, context(0), seed=5)
     ref_steps = engine.step(sid, steps)
     ref_imagine = engine.imagine(sid, seqs, return_frames=True)
@@ -113,7 +93,7 @@ def test_session_through_triton_equals_the_engine(server: TritonServer, engine: 
     np.testing.assert_array_equal(imagined.frames, frames_uint8(ref_imagine.frames))
 
 
-def test_interleaved_sessions_stay_independent(server: TritonServer, engine: RolloutEngine) -> None:
+def test_interleaved_sessions_stay_independent(triton_server: TritonServer, engine: RolloutEngine) -> None:
     async def two_sessions(client: TritonRolloutClient):
         await asyncio.gather(client.open(21, context(1), {"seed": 1}), client.open(22, context(2), {"seed": 2}))
         out: dict[int, list] = {21: [], 22: []}
@@ -124,7 +104,7 @@ def test_interleaved_sessions_stay_independent(server: TritonServer, engine: Rol
         await asyncio.gather(client.close(21), client.close(22))
         return {k: np.concatenate(v) for k, v in out.items()}
 
-    got = run(two_sessions)(server.grpc_url)
+    got = run(two_sessions)(triton_server.grpc_url)
     for corrid, seed, offset, h in ((21, 1, 10, 1), (22, 2, 20, 2)):
         sid = engine_open(engine, context(seed), seed)
         ref = np.concatenate([frames_uint8(engine.step(sid, actions(offset + i, h)).frames) for i in range(3)])
@@ -132,7 +112,7 @@ def test_interleaved_sessions_stay_independent(server: TritonServer, engine: Rol
         np.testing.assert_array_equal(got[corrid], ref)
 
 
-def test_restore_continues_like_the_uninterrupted_session(server: TritonServer) -> None:
+def test_restore_continues_like_the_uninterrupted_session(triton_server: TritonServer) -> None:
     async def restored(client: TritonRolloutClient):
         await client.open(31, context(3), {"seed": 9})
         await client.step(31, actions(30, 3))
@@ -143,23 +123,23 @@ def test_restore_continues_like_the_uninterrupted_session(server: TritonServer) 
         await asyncio.gather(client.close(31), client.close(32))
         return whole, again
 
-    whole, again = run(restored)(server.grpc_url)
+    whole, again = run(restored)(triton_server.grpc_url)
     np.testing.assert_array_equal(whole.frames, again.frames)
     assert [r.tokens for r in whole.history.steps] == [r.tokens for r in again.history.steps]
 
 
-def test_idle_session_is_freed(server: TritonServer) -> None:
+def test_idle_session_is_freed(triton_server: TritonServer) -> None:
     async def idle(client: TritonRolloutClient):
         await client.open(41, context(4), {"seed": 0})
         await client.step(41, actions(40, 1))
         held = (await client.stats(40_001))["sessions"]
-        await asyncio.sleep(TTL_S + 2.5)
+        await asyncio.sleep(TRITON_TTL_S + 2.5)
         after = (await client.stats(40_002))["sessions"]
         with pytest.raises(SessionNotFound):
             await client.step(41, actions(41, 1))
         return held, after
 
-    held, after = run(idle)(server.grpc_url)
+    held, after = run(idle)(triton_server.grpc_url)
     assert held >= 1 and after == 0
 
 
@@ -177,8 +157,8 @@ def op(name: str) -> tuple[np.ndarray, str]:
     return np.array([name.encode()], dtype=object), "BYTES"
 
 
-def test_malformed_requests_name_the_field(server: TritonServer) -> None:
-    url = server.grpc_url
+def test_malformed_requests_name_the_field(triton_server: TritonServer) -> None:
+    url = triton_server.grpc_url
     cases = [
         ("ACTIONS", dict(OPERATION=op("step"), ACTIONS=(actions(0, 2)[:, :3].copy(), "FP32"))),  # action dim 3
         ("ACTIONS", dict(OPERATION=op("step"))),  # missing input

@@ -1,6 +1,8 @@
-"""Liveness, readiness (model loaded, Redis reachable when configured) and Prometheus metrics."""
+"""Liveness, readiness (model loaded; Redis and Triton reachable when configured) and Prometheus metrics."""
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -26,7 +28,10 @@ async def readyz(request: Request) -> Response:
             checks["redis"] = "ok"
         except Exception as exc:
             checks["redis"] = f"unreachable: {exc.__class__.__name__}"
-    ok = checks["model"] == "loaded" and checks.get("redis", "ok") == "ok"
+    if state.settings.backend == "triton" and checks["model"] == "loaded":
+        ready = await asyncio.to_thread(state.service.backend.ready)
+        checks["triton"] = "ok" if ready else f"{state.settings.triton_url} has no ready model"
+    ok = checks["model"] == "loaded" and all(checks.get(k, "ok") == "ok" for k in ("redis", "triton"))
     return JSONResponse(Health(status="ok" if ok else "unavailable", checks=checks).model_dump(), 200 if ok else 503)
 
 

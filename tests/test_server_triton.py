@@ -1,0 +1,93 @@
+"""The gateway's ``triton`` backend: sessions held by a real tritonserver, same output as the local engine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from gateway_helpers import Gateway, actions, context, decode_png_b64, png_b64
+
+from conftest import TRITON_TTL_S
+from ivideogpt.engine import EngineConfig, RolloutEngine
+from ivideogpt.sampling import SamplingParams
+from ivideogpt.triton_rollout import frames_uint8
+from ivideogpt.triton_server import TritonServer
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture(scope="module")
+def gateway(triton_server: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    env = {"IVIDEOGPT_BACKEND": "triton", "IVIDEOGPT_TRITON_URL": triton_server.grpc_url}
+    gw = Gateway(env, log=tmp_path_factory.mktemp("gw") / "gateway.log")
+    yield gw
+    gw.stop()
+
+
+def reference(repository: Path, seed: int, steps: list[list[list[float]]], seqs: list | None = None) -> tuple:
+    """Frames and rewards of the same session on the in-process engine over the same files."""
+    engine = RolloutEngine.from_repository(repository, EngineConfig(cache_bytes=32 << 20))
+    try:
+        sid = engine.open(torch.from_numpy(context(seed).transpose(0, 3, 1, 2).copy()), SamplingParams(seed=seed))
+        outs = [engine.step(sid, torch.tensor(a)) for a in steps]
+        imagined = engine.imagine(sid, torch.tensor(seqs)) if seqs is not None else None
+        frames = np.concatenate([frames_uint8(o.frames) for o in outs])
+        rewards = np.concatenate([o.rewards.numpy() for o in outs])
+        return frames, rewards, imagined
+    finally:
+        engine.shutdown()
+
+
+def create(gw: Gateway, seed: int) -> str:
+    body = {"context_frames": [png_b64(f) for f in context(seed)], "sampling": {"seed": seed}}
+    r = httpx.post(f"{gw.url}/v1/sessions", json=body, timeout=60)
+    assert r.status_code == 201, r.text
+    return r.json()["session_id"]
+
+
+def step(gw: Gateway, sid: str, acts: list, index: int) -> dict:
+    r = httpx.post(f"{gw.url}/v1/sessions/{sid}/step", json={"actions": acts, "step_index": index}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_session_through_the_triton_backend(gateway: Gateway, triton_repository: Path) -> None:
+    ready = httpx.get(f"{gateway.url}/readyz", timeout=10).json()
+    assert ready["checks"]["triton"] == "ok"
+    assert httpx.get(f"{gateway.url}/v1/models", timeout=10).json()["models"][0]["action_dim"] == 4
+
+    sid = create(gateway, 3)
+    a0, a1, seqs = actions(1, 2), actions(2, 3), [actions(10 + k, 2) for k in range(4)]
+    first, second = step(gateway, sid, a0, 0), step(gateway, sid, a1, 2)
+    r = httpx.post(f"{gateway.url}/v1/sessions/{sid}/imagine", json={"action_sequences": seqs}, timeout=60)
+    assert r.status_code == 200, r.text
+    imagined = r.json()["rewards"]
+    retried = step(gateway, sid, a0, 0)  # an old step_index: replayed from the record, frames re-decoded on Triton
+    assert httpx.get(f"{gateway.url}/v1/sessions/{sid}", timeout=10).json()["step_index"] == 5
+    assert httpx.delete(f"{gateway.url}/v1/sessions/{sid}", timeout=10).status_code == 204
+    assert httpx.get(f"{gateway.url}/v1/sessions/{sid}", timeout=10).status_code == 404
+
+    frames, rewards, ref_imagine = reference(triton_repository, 3, [a0, a1], seqs)
+    got = np.stack([decode_png_b64(f) for f in first["frames"] + second["frames"]])
+    np.testing.assert_array_equal(got, frames)
+    np.testing.assert_allclose(first["rewards"] + second["rewards"], rewards, atol=1e-6)
+    np.testing.assert_allclose(imagined, ref_imagine.rewards.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(np.stack([decode_png_b64(f) for f in retried["frames"]]), frames[:2])
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    assert "ivideogpt_kv_cache_blocks_free" in metrics
+
+
+def test_session_idled_out_on_triton_is_restored_transparently(gateway: Gateway, triton_repository: Path) -> None:
+    sid = create(gateway, 4)
+    a0, a1 = actions(3, 2), actions(4, 2)
+    first = step(gateway, sid, a0, 0)
+    time.sleep(TRITON_TTL_S + 2.5)  # Triton and its model forget the sequence
+    second = step(gateway, sid, a1, 2)  # the gateway rebuilds it on Triton from the recorded history
+    frames, _, _ = reference(triton_repository, 4, [a0, a1])
+    got = np.stack([decode_png_b64(f) for f in first["frames"] + second["frames"]])
+    np.testing.assert_array_equal(got, frames)
