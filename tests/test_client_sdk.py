@@ -4,6 +4,7 @@ msgpack, async, gRPC unary, gRPC streaming rollout) gives the same numpy frames 
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import httpx
@@ -73,6 +74,17 @@ def test_sample_context_route(gw: Gateway) -> None:
                 client.sample_context(**params)
             assert err.value.field == field and err.value.status == 422
     assert httpx.get(f"{gw.url}/v1/sample_context").status_code == 401
+
+
+def test_readme_sdk_example(gw: Gateway) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Python SDK", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    url = 'WorldModelClient("http://127.0.0.1:8000")'
+    assert url in code
+    scope: dict = {}
+    exec(code.replace(url, f'WorldModelClient("{gw.url}", api_key="{KEY}")'), scope)
+    assert scope["frames"].shape == (4, 64, 64, 3) and scope["rewards"].shape == (4,)
 
 
 def rest_rollout(client: WorldModelClient, ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
