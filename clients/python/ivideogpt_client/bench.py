@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -72,10 +73,11 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-async def run_bench(cfg: BenchConfig, progress=None) -> BenchResult:
-    """Run the load; ``progress`` (a tqdm bar, say) gets ``update(1)`` per finished request."""
+async def run_bench(cfg: BenchConfig, progress: Any = None) -> BenchResult:
+    """Run the load; ``progress`` (a tqdm bar, say) gets ``update(1)`` per finished request. No retries:
+    a 429 or 5xx counts as an error (by its code) instead of hiding in the latency."""
     result = BenchResult()
-    async with AsyncWorldModelClient(cfg.url, cfg.api_key, cfg.transport) as client:
+    async with AsyncWorldModelClient(cfg.url, cfg.api_key, cfg.transport, retries=0) as client:
         info = await client.model()
         dim = info["action_dim"]
         try:

@@ -5,9 +5,9 @@ Every gateway error has the shape ``{"error": {"status", "code", "field", "messa
 ``retry-after`` trailing metadata. Catch ``WorldModelError`` for all of them:
 
 >>> try:
-...     client.session(np.zeros((1, 64, 64, 3), np.uint8))  # doctest: +SKIP
+...     client.session(np.zeros((1, 64, 64, 3), np.uint8))   # the model takes 2 context frames
 ... except InvalidRequest as err:
-...     print(err.field)  # context_frames
+...     print(err.status, err.field)                          # 422 context_frames
 """
 
 from __future__ import annotations
