@@ -188,3 +188,11 @@ def test_malformed_requests_name_the_field(triton_server: TritonServer) -> None:
 
     bad, reply = run(still_serving)(url)
     assert bad.field == "actions" and reply.frames.shape == (2, 64, 64, 3) and reply.step_index == 2
+
+
+def test_latency_benchmark_reports_both_paths(triton_server: TritonServer, triton_repository: Path) -> None:
+    from benchmarks.triton import main
+
+    text = main(["--steps", "3", "--triton-url", triton_server.grpc_url, "--repository", str(triton_repository)])
+    rows = [line for line in text.splitlines() if line.startswith("| engine_in_process") or line.startswith("| triton")]
+    assert len(rows) == 2 and all(float(r.split("|")[2]) > 0 for r in rows)
