@@ -81,6 +81,8 @@ class LocalBackend:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        if settings.torch_threads:  # frames depend on the thread count to the last bit (reduction order)
+            torch.set_num_threads(settings.torch_threads)
         config = EngineConfig(
             device=settings.device,
             dtype=settings.dtype,

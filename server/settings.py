@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     cache_bytes: int = Field(1 << 30, description="KV cache budget of the local engine")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch threads of the local engine; replicas sharing sessions must agree (bitwise)"
+    )
     worker_threads: int = Field(
         64, ge=1, description="requests in the engine at once (each waits in a thread; the engine batches them)"
     )

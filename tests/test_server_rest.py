@@ -385,5 +385,20 @@ def test_missing_model_folder_and_triton_fail_clearly(tmp_path: Path) -> None:
 
     r = start({"IVIDEOGPT_MODEL_DIR": str(tmp_path / "nothing-here")})
     assert r.returncode == 2 and "nothing-here" in r.stderr and "models/default" in r.stderr
-    r = start({"IVIDEOGPT_BACKEND": "triton", "IVIDEOGPT_TRITON_URL": "127.0.0.1:8001"})
-    assert r.returncode == 2 and "IVIDEOGPT_BACKEND=triton is not implemented" in r.stderr
+    r = start({"IVIDEOGPT_BACKEND": "triton"})
+    assert r.returncode == 2 and "IVIDEOGPT_TRITON_URL" in r.stderr
+
+
+def test_torch_threads_setting_sets_the_engine_threads(model_path: Path) -> None:
+    """Replicas sharing sessions must agree on it: frames depend on torch's thread count to the last bit."""
+    import torch
+
+    from server.backend import LocalBackend
+    from server.settings import Settings
+
+    want = 1 if torch.get_num_threads() != 1 else 2
+    backend = LocalBackend(Settings(model_dir=str(model_path), torch_threads=want, cache_bytes=SLOT_BYTES))
+    try:
+        assert torch.get_num_threads() == want  # conftest restores the count after the test
+    finally:
+        backend.shutdown()
