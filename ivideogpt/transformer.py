@@ -102,6 +102,8 @@ class KVCache:
         keys = self.k[layer, :, :, : self._span].to(q.dtype)
         values = self.v[layer, :, :, : self._span].to(q.dtype)
         mask = None if mask is None else mask.to(q.dtype)
+        if q.shape[2] == 1:  # decode: one query per row ([B, H] folds into one batch dim here)
+            return single_query_attention(q, keys, values, mask)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=self._causal)
 
     def commit(self) -> None:
@@ -117,6 +119,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one kernel, the same values
         # normalise in fp32, scale in the input dtype (as HF Llama does)
         h = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * h.to(x.dtype)
@@ -125,6 +129,23 @@ class RMSNorm(nn.Module):
 def additive_mask(allowed: torch.Tensor) -> torch.Tensor:
     """Boolean ``allowed`` -> 0 / -inf float mask (CPU attention runs several times faster with it)."""
     return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
+
+
+def single_query_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attention of one query per row: q [..., 1, Dh] over keys/values [..., S, Dh] -> [..., 1, Dh].
+
+    ``F.scaled_dot_product_attention`` within float rounding (softmax in fp32), in three plain
+    kernels: CPU SDPA has a large fixed cost per call for a single query. ``mask`` is additive
+    (0 / -inf) and broadcasts to the scores [..., 1, S]. Best where the batch dims of ``keys``
+    fold into one (a dense cache row, one slot): otherwise matmul copies them.
+    """
+    scores = torch.matmul(q * (q.shape[-1] ** -0.5), keys.transpose(-1, -2))
+    if mask is not None:
+        scores = scores + mask
+    probs = scores.float().softmax(dim=-1).to(values.dtype)
+    return torch.matmul(probs, values)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
 
 from conftest import small_config
@@ -7,7 +8,7 @@ from ivideogpt.checkpoint import convert_official_transformer
 from ivideogpt.config import TransformerConfig
 from ivideogpt.model import WorldModel
 from ivideogpt.tokens import TokenLayout
-from ivideogpt.transformer import KVCache, WorldModelTransformer
+from ivideogpt.transformer import KVCache, WorldModelTransformer, additive_mask, single_query_attention
 
 
 def make_model(action_dim: int = 3) -> tuple[WorldModelTransformer, TokenLayout]:
@@ -138,3 +139,20 @@ def test_matches_transformers_llama() -> None:
     ids = torch.randint(0, 130, (2, 200))
     theirs = hf(input_ids=ids).logits
     assert (ours.logits(ours(ours.embed(ids))) - theirs).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("scripted", [False, True])
+@torch.no_grad()
+def test_single_query_attention_matches_sdpa(scripted: bool) -> None:
+    fn = torch.jit.script(single_query_attention) if scripted else single_query_attention
+    q, k, v = torch.randn(2, 3, 1, 16), torch.randn(2, 3, 37, 16), torch.randn(2, 3, 37, 16)
+    assert (fn(q, k, v) - F.scaled_dot_product_attention(q, k, v)).abs().max() <= 1e-5
+    lengths = torch.tensor([5, 37])  # row 0 sees its first 5 keys only
+    mask = additive_mask(torch.arange(37)[None, :] < lengths[:, None])[:, None, None]  # [2, 1, 1, 37]
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert (fn(q, k, v, mask) - ref).abs().max() <= 1e-5
+    # strided keys (a slot of a bigger pool) and 3-d inputs, as the decode step passes them
+    pool = torch.randn(3, 64, 16)
+    keys = pool[:, 10:30]
+    ref3 = F.scaled_dot_product_attention(q[0], keys, keys)
+    assert (fn(q[0], keys, keys) - ref3).abs().max() <= 1e-5
