@@ -231,3 +231,68 @@ def test_bf16_engine_runs(model: WorldModel) -> None:
     assert out.frames.dtype == torch.float32 and out.frames.shape == (2, 3, R, R)
     assert eng.imagine(sid, actions(1, 2, k=3)).rewards.shape == (3, 2)
     eng.shutdown()
+
+
+@pytest.mark.parametrize("scripted", [False, True])
+@torch.no_grad()
+def test_decode_step_paths_agree(model: WorldModel, scripted: bool) -> None:
+    """Rows alone (single-query path), all sessions of a window (no scatter) and mixed with forks
+    (scatter, SDPA over the window) give the same hidden states."""
+    from ivideogpt.engine.kv_cache import DecodeBatch, ForkGroup, SessionRow
+    from ivideogpt.engine.transformer_steps import TransformerDecode
+
+    trm = model.transformer
+    step = TransformerDecode(trm)
+    if scripted:
+        step = torch.jit.script(step)
+    pool = KVCachePool(trm.cfg, 8 << 20, 16)
+    s1, s2, forks = pool.allocate_slot(), pool.allocate_slot(), pool.allocate(2 * 17)
+    for s, n in ((s1, 9), (s2, 9)):
+        k, v = pool.slot_views(s)
+        k[:, :, :n].normal_()
+        v[:, :, :n].normal_()
+    x = torch.randn(4, trm.cfg.hidden_size)
+
+    def run(rows: list[SessionRow], fork_groups: list[ForkGroup], xs: torch.Tensor) -> torch.Tensor:
+        k0, v0 = pool.k.clone(), pool.v.clone()
+        batch = DecodeBatch(pool, xs.shape[0], rows, fork_groups)
+        out = step(xs, *batch.inputs())
+        pool.k.copy_(k0)
+        pool.v.copy_(v0)
+        return out
+
+    alone = torch.cat([run([SessionRow(0, s.start, 9)], [], x[i : i + 1]) for i, s in enumerate((s1, s2))])
+    together = run([SessionRow(0, s1.start, 9), SessionRow(1, s2.start, 9)], [], x[:2])
+    mixed = run(
+        [SessionRow(0, s1.start, 9), SessionRow(1, s2.start, 9)],
+        [ForkGroup(slice(2, 4), s1.start, 9, forks.start, 17, 0)],
+        x,
+    )
+    assert (alone - together).abs().max() <= 1e-5
+    assert (alone - mixed[:2]).abs().max() <= 1e-5
+    # rows at different lengths: one row alone vs both (masked window)
+    uneven = run([SessionRow(0, s1.start, 5), SessionRow(1, s2.start, 9)], [], x[:2])
+    assert (run([SessionRow(0, s1.start, 5)], [], x[:1]) - uneven[:1]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("greedy", [True])
+def test_seeded_rollout_equals_a_full_forward_pass(model: WorldModel, greedy: bool) -> None:
+    """The engine's decode steps pick the tokens a plain causal pass over the whole sequence picks."""
+    eng = RolloutEngine(model, EngineConfig(cache_bytes=32 << 20))
+    try:
+        sid = eng.open(context(3), SamplingParams(greedy=greedy))
+        acts = actions(5, 3)
+        eng.step(sid, acts, return_frames=False)
+        hist = eng.history(sid)
+    finally:
+        eng.shutdown()
+    lay = model.layout
+    ctx_ids = torch.tensor(hist.context_ids)[None]
+    frames = [torch.tensor([lay.sdf_id, *s.tokens]) for s in hist.steps]
+    ids = torch.cat([lay.context_sequence(ctx_ids)[0], *frames])[None]
+    full_actions = torch.cat([torch.zeros(lay.context_length - 1, 3), acts])[None]
+    with torch.no_grad():
+        logits, _ = model.transformer.forward_sequence(ids, lay, full_actions)
+    for i, s in enumerate(hist.steps):
+        sdf = lay.prelude_length + i * lay.frame_stride
+        assert logits[0, sdf : sdf + lay.future_tokens].argmax(-1).tolist() == s.tokens

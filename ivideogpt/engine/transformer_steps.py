@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ivideogpt.transformer import WorldModelTransformer, additive_mask, apply_rope, symexp
+from ivideogpt.transformer import WorldModelTransformer, additive_mask, apply_rope, single_query_attention, symexp
 
 
 class TransformerEmbed(nn.Module):
@@ -139,6 +139,16 @@ class TransformerDecode(nn.Module):
         h, dh = self.n_heads, self.head_dim
         cos = self.rope_cos[positions][:, None].to(x.dtype)  # [B, 1, Dh]
         sin = self.rope_sin[positions][:, None].to(x.dtype)
+        # the step's metadata, read once (not once per layer)
+        win: list[int] = window.tolist()
+        rows: list[int] = session_rows.tolist()
+        slots: list[int] = session_slots.tolist()
+        fork_meta: list[list[int]] = forks.tolist()
+        mask: torch.Tensor | None = None
+        if session_mask.numel() > 0:
+            mask = session_mask.to(x.dtype)
+        # every row a session, row i in slot i of the window: no scatter of queries, no gather
+        direct = win[1] == b and rows == slots and rows == [i for i in range(b)]
         for i, layer in enumerate(self.layers):
             y = layer.attn_norm(x)
             qkv = layer.attn.qkv_proj(y).view(b, 3 * h, dh)
@@ -146,17 +156,38 @@ class TransformerDecode(nn.Module):
             q, k = qk[:, :h], qk[:, h:]
             v = qkv[:, 2 * h :]
             pk, pv = pool_k[i], pool_v[i]  # [H, N, Dh]
-            pk[:, write] = k.transpose(0, 1).to(pk.dtype)
-            pv[:, write] = v.transpose(0, 1).to(pv.dtype)
-            out = torch.empty_like(q)  # [B, H, Dh]
-            if session_rows.shape[0] > 0:
-                out[session_rows] = self._sessions(q, pk, pv, session_rows, session_slots, window, session_mask)
-            for g in range(forks.shape[0]):
-                first, kf = int(forks[g, 0].item()), int(forks[g, 1].item())
-                out[first : first + kf] = self._forks(q[first : first + kf], pk, pv, forks[g])
+            pk.index_copy_(1, write, k.transpose(0, 1).to(pk.dtype))
+            pv.index_copy_(1, write, v.transpose(0, 1).to(pv.dtype))
+            if direct:
+                out = self._sessions_direct(q, pk, pv, win, mask)
+            else:
+                out = torch.empty_like(q)  # [B, H, Dh]
+                if len(rows) > 0:
+                    out[session_rows] = self._sessions(q, pk, pv, session_rows, session_slots, win, mask)
+                for meta in fork_meta:
+                    first, kf = meta[0], meta[1]
+                    out[first : first + kf] = self._forks(q[first : first + kf], pk, pv, meta)
             x = x + layer.attn.o_proj(out.reshape(b, h * dh))
             x = x + layer.mlp(layer.mlp_norm(x))
         return self.norm(x)
+
+    def _sessions_direct(
+        self, q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, win: list[int], mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Session rows that are the window's slots in order: q [B, H, Dh] -> [B, H, Dh]."""
+        lo, n, span, slot_tokens = win[0], win[1], win[2], win[3]
+        h, dh = self.n_heads, self.head_dim
+        if n == 1:  # one session: its keys are one contiguous run, single-query attention
+            start = lo * slot_tokens
+            keys, values = pk[:, start : start + span].to(q.dtype), pv[:, start : start + span].to(q.dtype)
+            row_mask: torch.Tensor | None = None
+            if mask is not None:
+                row_mask = mask[0]
+            return single_query_attention(q.view(h, 1, dh), keys, values, row_mask).view(1, h, dh)
+        keys = pk.view(h, -1, slot_tokens, dh)[:, lo : lo + n, :span].transpose(0, 1).to(q.dtype)  # [n, H, span, Dh]
+        values = pv.view(h, -1, slot_tokens, dh)[:, lo : lo + n, :span].transpose(0, 1).to(q.dtype)
+        out = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask)
+        return out[:, :, 0]
 
     def _sessions(
         self,
@@ -165,27 +196,22 @@ class TransformerDecode(nn.Module):
         pv: torch.Tensor,
         rows: torch.Tensor,
         slots: torch.Tensor,
-        window: torch.Tensor,
-        mask: torch.Tensor,
+        win: list[int],
+        mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        lo, n = int(window[0].item()), int(window[1].item())
-        span, slot_tokens = int(window[2].item()), int(window[3].item())
+        lo, n, span, slot_tokens = win[0], win[1], win[2], win[3]
         h, dh = self.n_heads, self.head_dim
-        grid = pk.view(h, -1, slot_tokens, dh)
-        keys = grid[:, lo : lo + n, :span].transpose(0, 1).to(q.dtype)  # [n, H, span, Dh]
+        keys = pk.view(h, -1, slot_tokens, dh)[:, lo : lo + n, :span].transpose(0, 1).to(q.dtype)  # [n, H, span, Dh]
         values = pv.view(h, -1, slot_tokens, dh)[:, lo : lo + n, :span].transpose(0, 1).to(q.dtype)
         queries = torch.zeros(n, h, 1, dh, dtype=q.dtype, device=q.device)
         queries[slots] = q[rows][:, :, None]
-        if mask.numel() == 0:  # every slot of the window holds a row at the same length
-            out = F.scaled_dot_product_attention(queries, keys, values)
-        else:
-            out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask.to(q.dtype))
+        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
         return out[slots][:, :, 0]
 
-    def _forks(self, q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    def _forks(self, q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, meta: list[int]) -> torch.Tensor:
         n = q.shape[0]
-        parent, prefix = int(meta[2].item()), int(meta[3].item())
-        start, stride, length = int(meta[4].item()), int(meta[5].item()), int(meta[6].item())
+        parent, prefix = meta[2], meta[3]
+        start, stride, length = meta[4], meta[5], meta[6]
         h, dh = self.n_heads, self.head_dim
         prefix_k = pk[:, parent : parent + prefix].to(q.dtype)  # [H, P, Dh], read once
         prefix_v = pv[:, parent : parent + prefix].to(q.dtype)
