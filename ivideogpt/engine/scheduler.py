@@ -162,7 +162,7 @@ class Scheduler:
         self.token_steps += 1
         self.token_rows += row
 
-        x = runner.embed(torch.cat(ids).to(device), torch.cat(actions).to(device), torch.cat(with_action).to(device))
+        x = runner.embed(_cat(ids).to(device), _cat(actions).to(device), _cat(with_action).to(device))
         batch = DecodeBatch(self.pool, row, sessions, forks)
         hidden = runner.decode(x, batch.inputs())
         batch.commit()
@@ -206,10 +206,12 @@ class Scheduler:
             groups[(p.temperature, p.top_k, p.greedy, p.restrict_to_future_codes)].append(job)
         sampled = {}
         for members in groups.values():
-            rows = torch.cat([self._rows_of(j) for j in members])
+            rows = [r for j in members for r in self._row_list(j)]
             params = members[0].sampling
-            uniforms = None if params.greedy else torch.cat([draw_uniforms(j.generators) for j in members])
-            tokens = sample_tokens(logits[rows], params, uniforms, allowed)
+            uniforms = None if params.greedy else _cat([draw_uniforms(j.generators) for j in members])
+            # one group holding every row in order (a lone session, say): no gather
+            group_logits = logits if rows == list(range(logits.shape[0])) else logits[torch.tensor(rows)]
+            tokens = sample_tokens(group_logits, params, uniforms, allowed)
             offset = 0
             for j in members:
                 sampled[id(j)] = tokens[offset : offset + j.k]
@@ -217,8 +219,20 @@ class Scheduler:
         return sampled
 
     @staticmethod
+    def _row_list(job: Job) -> list[int]:
+        if job.session_row is not None:
+            return [job.session_row.row]
+        assert job.fork_group is not None
+        return list(range(job.fork_group.rows.start, job.fork_group.rows.stop))
+
+    @staticmethod
     def _rows_of(job: Job) -> torch.Tensor:
         if job.session_row is not None:
             return torch.tensor([job.session_row.row])
         assert job.fork_group is not None
         return torch.arange(job.fork_group.rows.start, job.fork_group.rows.stop)
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat, without the copy for a single tensor (most token steps serve one job)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
