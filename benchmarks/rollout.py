@@ -232,7 +232,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     one = teng.open(torch.rand(2, 3, 64, 64))
     t1 = timed(lambda: teng.step(one, torch.randn(n, 4)))
     teng.close(one)
+    one = teng.open(torch.rand(2, 3, 64, 64))  # the same lengths, without pixels
+    t_tokens = timed(lambda: teng.step(one, torch.randn(n, 4), return_frames=False))
+    teng.close(one)
     report("tiny_frames_per_s_1", n / t1)
+    report("tiny_frames_per_s_1_tokens_only", n / t_tokens)
+    report("tiny_pixels_ms_per_frame", 1000 * (t1 - t_tokens) / n)
     sids = [teng.open(torch.rand(2, 3, 64, 64)) for _ in range(32)]
     t32 = timed(lambda: concurrently([lambda s=s: teng.step(s, torch.randn(n // 4, 4)) for s in sids]))
     report("tiny_frames_per_s_32", 32 * (n // 4) / t32)
