@@ -20,16 +20,16 @@ COPY server ./server
 COPY training ./training
 RUN pip install .
 
-# What the gateway reads at run time, relative to /app: the shipped model and the held-out
-# frames behind the sample-context route (server/samples.py). `python -m server` run from
-# /app imports these same sources, so those paths resolve here.
-COPY models/default ./models/default
+# What the gateway reads at run time, relative to /app: the exported default model (its
+# default IVIDEOGPT_MODEL_REPOSITORY) and the held-out frames behind the sample-context route
+# (server/samples.py). `python -m server` run from /app imports these same sources, so those
+# paths resolve here.
+COPY model_repository ./model_repository
 COPY data/heldout ./data/heldout
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin ivideogpt
 USER ivideogpt
 
-ENV IVIDEOGPT_MODEL_DIR=/app/models/default
 EXPOSE 8000 50051
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]

@@ -3,20 +3,6 @@
 # TorchScript folders beside it). Build from the repository root:
 #   docker build -f docker/triton.Dockerfile -t ivideogpt-triton .
 
-# Stage 1: the model repository, exported from the shipped checkpoint exactly as
-# `python -m training.export models/default --out model_repository` writes it (so the image
-# never depends on a local, possibly stale, model_repository/ folder).
-FROM python:3.11-slim-bookworm AS export
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
-    && pip install numpy==1.26.4 safetensors==0.8.0
-WORKDIR /src
-COPY ivideogpt ./ivideogpt
-COPY training ./training
-COPY models/default ./models/default
-RUN python -m training.export models/default --out /model_repository
-
-# Stage 2: the server.
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -32,7 +18,8 @@ COPY pyproject.toml README.md /tmp/ivideogpt-src/
 COPY ivideogpt /tmp/ivideogpt-src/ivideogpt
 RUN pip install --no-deps --ignore-requires-python /tmp/ivideogpt-src && rm -rf /tmp/ivideogpt-src
 
-COPY --from=export /model_repository /models
+# the committed export of models/default (tests/test_export.py keeps it current)
+COPY model_repository /models
 
 EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=10s --timeout=3s --start-period=180s --retries=3 \
