@@ -52,7 +52,9 @@ def test_future_frames_sharing_a_context_decode_as_if_alone() -> None:
     for b in range(2):
         for i in range(3):
             alone = tok.decode_future(fids[b : b + 1, i : i + 1], [f[b : b + 1] for f in feats])
-            assert torch.allclose(alone[0, 0], together[b, i], atol=1e-5)
+            # float sums run in a batch-size dependent order (oneDNN on AVX-512/AMX: 1.4e-5 seen);
+            # a pixel's step is 1/255 = 3.9e-3
+            assert torch.allclose(alone[0, 0], together[b, i], atol=5e-5)
     # the future decoder really depends on the context features
     other = tok.decode_future(fids, [f.flip(0) for f in feats])
     assert (other - together).abs().max() > 1e-3
