@@ -39,7 +39,7 @@ class Backend(Protocol):
     def step_stream(self, session_id: str, actions: np.ndarray, return_frames: bool) -> Iterator[FrameResult]: ...
     def imagine(self, session_id: str, action_sequences: np.ndarray, return_frames: bool) -> ImagineResult: ...
     def close(self, session_id: str) -> None: ...
-    def history(self, session_id: str) -> SessionHistory: ...
+    def history(self, session_id: str, since_step: int = 0) -> SessionHistory: ...
     def recorded_frames(self, session_id: str, start: int, stop: int) -> torch.Tensor: ...
     def restore(self, history: SessionHistory, session_id: str) -> str: ...
     def has(self, session_id: str) -> bool: ...
@@ -114,8 +114,8 @@ class LocalBackend:
     def close(self, session_id: str) -> None:
         self.engine.close(session_id)
 
-    def history(self, session_id: str) -> SessionHistory:
-        return self.engine.history(session_id)
+    def history(self, session_id: str, since_step: int = 0) -> SessionHistory:
+        return self.engine.history(session_id, since_step)
 
     def recorded_frames(self, session_id: str, start: int, stop: int) -> torch.Tensor:
         return self.engine.recorded_frames(session_id, start, stop)
@@ -227,8 +227,10 @@ class TritonBackend:
             self._sessions.pop(session_id, None)
         self._run(self.client.close(corrid))
 
-    def history(self, session_id: str) -> SessionHistory:
-        return copy.deepcopy(self._remote(session_id)[1])
+    def history(self, session_id: str, since_step: int = 0) -> SessionHistory:
+        held = self._remote(session_id)[1]
+        part = SessionHistory(held.context_ids, held.sampling, held.stream, held.steps[since_step:], held.reanchors)
+        return copy.deepcopy(part)
 
     def recorded_frames(self, session_id: str, start: int, stop: int) -> torch.Tensor:
         corrid, _ = self._remote(session_id)

@@ -164,9 +164,9 @@ class SessionService:
                 return out
             await self._ensure_local(sid, n)
             self.metrics.queue_wait.observe(time.perf_counter() - t0)
-            frames, rewards, hist = await self._run_step(sid, actions, want_frames, on_frame, t0)
+            frames, rewards, hist = await self._run_step(sid, n, actions, want_frames, on_frame, t0)
             _, known_reanchors = self._local[sid]
-            new_steps, new_reanchors = hist.steps[n:], hist.reanchors[known_reanchors:]
+            new_steps, new_reanchors = hist.steps, hist.reanchors[known_reanchors:]  # hist: since step n
             last = msgpack.packb(
                 {
                     "start": n,
@@ -179,7 +179,7 @@ class SessionService:
             if not await self.registry.append(sid, self.replica, n, new_steps, new_reanchors, last):
                 await self._drop_local(sid)
                 raise ApiError(409, "conflict", "the session changed during this step: retry", "step_index", 1.0)
-            self._local[sid] = (len(hist.steps), len(hist.reanchors))
+            self._local[sid] = (n + len(hist.steps), len(hist.reanchors))
             await self._touch(rec)
         h = actions.shape[0]
         self.metrics.frames.inc(h)
@@ -196,8 +196,8 @@ class SessionService:
             await self._ensure_local(sid, n)
             self.metrics.queue_wait.observe(time.perf_counter() - t0)
             result = await self._call(self.backend.imagine, sid, seqs, return_frames)
-            hist = await asyncio.to_thread(self.backend.history, sid)
             steps, known_reanchors = self._local[sid]
+            hist = await asyncio.to_thread(self.backend.history, sid, steps)  # the re-anchors, no steps
             if len(hist.reanchors) > known_reanchors:  # imagine re-anchored the session: record it
                 new = hist.reanchors[known_reanchors:]
                 if not await self.registry.append(sid, self.replica, n, [], new, None):
@@ -316,12 +316,13 @@ class SessionService:
             raise from_engine(exc) from None
 
     async def _run_step(
-        self, sid: str, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None, t0: float
+        self, sid: str, n: int, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None, t0: float
     ) -> tuple[np.ndarray | None, np.ndarray | None, SessionHistory]:
-        outs, error, hist = await self._stream_frames(sid, actions, want_frames, on_frame, t0)
+        """Step the engine's copy (at step ``n``); returns its history from step ``n`` on."""
+        outs, error, hist = await self._stream_frames(sid, n, actions, want_frames, on_frame, t0)
         if isinstance(error, SessionNotFound) and not outs:
             await self._restore(sid)  # evicted between the check and the step
-            outs, error, hist = await self._stream_frames(sid, actions, want_frames, on_frame, t0)
+            outs, error, hist = await self._stream_frames(sid, n, actions, want_frames, on_frame, t0)
         if error is not None or hist is None:
             if outs:  # the engine's copy is ahead of the registry now
                 await self._drop_local(sid)
@@ -333,7 +334,7 @@ class SessionService:
         return frames, rewards, hist
 
     async def _stream_frames(
-        self, sid: str, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None, t0: float
+        self, sid: str, n: int, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None, t0: float
     ) -> tuple[list[FrameOut], BaseException | None, SessionHistory | None]:
         """The engine's frame stream in one worker thread, which also reads the new history.
 
@@ -353,7 +354,7 @@ class SessionService:
                     outs.append(FrameOut(fr.step_index, img, fr.reward))
                     if queue is not None:
                         loop.call_soon_threadsafe(queue.put_nowait, outs[-1])
-                return outs, None, self.backend.history(sid)
+                return outs, None, self.backend.history(sid, n)
             except Exception as exc:
                 return outs, exc, None
             finally:
