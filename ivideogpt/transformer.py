@@ -217,10 +217,13 @@ class WorldModelTransformer(nn.Module):
         self.action_proj = nn.Linear(cfg.action_dim, cfg.hidden_size) if cfg.action_dim else None
         self.reward_head = nn.Linear(cfg.hidden_size, 1) if cfg.reward_head else None
 
-        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim)
-        angles = torch.outer(torch.arange(cfg.max_positions).float(), inv_freq)
-        self.register_buffer("rope_cos", torch.cat([angles.cos(), angles.cos()], -1), persistent=False)
-        self.register_buffer("rope_sin", torch.cat([-angles.sin(), angles.sin()], -1), persistent=False)
+        # tables in float64, then rounded: float32 cos/sin of angles in the hundreds differ by up to
+        # 2e-4 between vector code paths, and a table must not depend on which one a process took
+        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim)
+        angles = torch.outer(torch.arange(cfg.max_positions, dtype=torch.float64), inv_freq)
+        cos, sin = angles.cos().float(), angles.sin().float()
+        self.register_buffer("rope_cos", torch.cat([cos, cos], -1), persistent=False)
+        self.register_buffer("rope_sin", torch.cat([-sin, sin], -1), persistent=False)
         self.apply(self._init_weights)
         if self.action_proj is not None:  # an act-free model starts as an unconditioned one
             nn.init.zeros_(self.action_proj.weight)

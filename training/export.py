@@ -10,7 +10,8 @@ one session per sequence; see ``ivideogpt.triton_rollout``).
 The engine loads the same files (``RolloutEngine.from_repository``): one artifact format,
 two runtimes. The tokenizer modules are traced (their control flow depends only on
 shapes); the transformer modules are scripted. Exporting the same checkpoint twice gives
-byte-identical files (the command pins PYTHONHASHSEED, see ``main``).
+byte-identical files, from any checkout (the command pins PYTHONHASHSEED, see ``main``, and
+drops the debug records that name absolute source paths, see ``drop_debug_records``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,22 @@ def config_pbtxt(name: str, inputs: list[TensorSpec], outputs: list[TensorSpec])
         "instance_group [ { kind: KIND_GPU count: 1 } ]\n"
         'parameters: { key: "INFERENCE_MODE" value: { string_value: "true" } }\n'
     )
+
+
+def drop_debug_records(path: Path) -> None:
+    """Rewrite a TorchScript file without its ``*.debug_pkl`` records.
+
+    They map code to Python source lines by absolute path (this checkout's and torch's
+    install), so with them two checkouts export different bytes; TorchScript loads without
+    them (its errors then name no Python source line).
+    """
+    reader = torch._C.PyTorchFileReader(str(path))
+    records = [(n, reader.get_record(n)) for n in reader.get_all_records() if not n.endswith(".debug_pkl")]
+    del reader
+    writer = torch._C.PyTorchFileWriter(str(path))
+    for name, data in records:
+        writer.write_record(name, data, len(data))
+    writer.write_end_of_file()
 
 
 ROLLOUT_MODEL_PY = '''"""Triton Python-backend entry point of the stateful rollout model: ivideogpt.triton_rollout."""
@@ -181,6 +198,7 @@ def export(model: WorldModel, out: str | Path, session_ttl_s: float = 3600.0) ->
         folder = out / module_folder(name)
         (folder / "1").mkdir(parents=True, exist_ok=True)
         torch.jit.save(compiled, str(folder / "1" / "model.pt"))
+        drop_debug_records(folder / "1" / "model.pt")
         (folder / "config.pbtxt").write_text(config_pbtxt(module_folder(name), inputs, outputs))
     (out / CONFIG_FILE).write_text(cfg.to_json() + "\n")
     write_rollout_model(out, trm.action_dim, session_ttl_s)
