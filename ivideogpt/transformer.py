@@ -11,6 +11,8 @@ different lengths: row ``b``'s new tokens sit at positions ``lengths[b], lengths
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -205,6 +207,20 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+def rope_tables(positions: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every position's rotary angles, [positions, head_dim / 2] float32.
+
+    Computed with Python's libm in float64: torch's vectorised cos/sin (MKL VML, split across
+    threads) gave tables that differed by an ulp or more between processes, and every process
+    (exporter, gateway replica, Triton worker) must hold the same table to give the same bits.
+    """
+    inv_freq = [theta ** (-i / head_dim) for i in range(0, head_dim, 2)]
+    angles = [[p * f for f in inv_freq] for p in range(positions)]
+    cos = torch.tensor([[math.cos(a) for a in row] for row in angles], dtype=torch.float64)
+    sin = torch.tensor([[math.sin(a) for a in row] for row in angles], dtype=torch.float64)
+    return cos.float(), sin.float()
+
+
 class WorldModelTransformer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -217,11 +233,7 @@ class WorldModelTransformer(nn.Module):
         self.action_proj = nn.Linear(cfg.action_dim, cfg.hidden_size) if cfg.action_dim else None
         self.reward_head = nn.Linear(cfg.hidden_size, 1) if cfg.reward_head else None
 
-        # tables in float64, then rounded: float32 cos/sin of angles in the hundreds differ by up to
-        # 2e-4 between vector code paths, and a table must not depend on which one a process took
-        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim)
-        angles = torch.outer(torch.arange(cfg.max_positions, dtype=torch.float64), inv_freq)
-        cos, sin = angles.cos().float(), angles.sin().float()
+        cos, sin = rope_tables(cfg.max_positions, cfg.head_dim, cfg.rope_theta)
         self.register_buffer("rope_cos", torch.cat([cos, cos], -1), persistent=False)
         self.register_buffer("rope_sin", torch.cat([-sin, sin], -1), persistent=False)
         self.apply(self._init_weights)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -121,7 +120,7 @@ class RolloutSessions:
     def _step(self, sid: str, inputs: Arrays) -> Arrays:
         if "ACTIONS" not in inputs:
             raise InvalidInput("ACTIONS", "missing: step needs actions [h, action_dim]")
-        before = int(self._index(sid)[0])
+        before = self.engine.step_index(sid)
         want_frames = bool(inputs["RETURN_FRAMES"].reshape(-1)[0]) if "RETURN_FRAMES" in inputs else True
         result = self.engine.step(sid, inputs["ACTIONS"], want_frames)
         out: Arrays = {
@@ -140,7 +139,11 @@ class RolloutSessions:
         want_frames = bool(inputs["RETURN_FRAMES"].reshape(-1)[0]) if "RETURN_FRAMES" in inputs else False
         result = self.engine.imagine(sid, inputs["ACTION_SEQUENCES"], want_frames)
         # imagine may re-anchor the session (recorded in its history): hand the history back
-        out: Arrays = {"STEP_INDEX": self._index(sid), "HISTORY": _history_json(self.engine.history(sid))}
+        index = self.engine.step_index(sid)
+        out: Arrays = {
+            "STEP_INDEX": np.array([index], dtype=np.int64),
+            "HISTORY": _history_json(self.engine.history(sid, since_step=index)),  # no steps: the re-anchors
+        }
         if result.frames is not None:
             out["IMAGINED_FRAMES"] = frames_uint8(result.frames)
         if result.rewards is not None:
@@ -158,7 +161,7 @@ class RolloutSessions:
         return {"FRAMES": frames_uint8(self.engine.recorded_frames(sid, start, stop)), "STEP_INDEX": self._index(sid)}
 
     def _index(self, sid: str) -> np.ndarray:
-        return np.array([len(self.engine.history(sid).steps)], dtype=np.int64)
+        return np.array([self.engine.step_index(sid)], dtype=np.int64)
 
     def _session(self, corrid: int) -> str:
         with self._lock:
@@ -248,7 +251,6 @@ class TritonPythonModel:
 
     def _error(self, exc: Exception) -> object:
         err = self.pb.TritonError
-        code: Callable | int
         if isinstance(exc, InvalidInput):
             code = err.INVALID_ARG
         elif isinstance(exc, SessionNotFound):

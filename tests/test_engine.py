@@ -89,8 +89,9 @@ def test_imagine_leaves_the_session_unchanged_and_forks_equal_sessions(model: Wo
     seqs = actions(2, 3, k=4)
     imagined = eng.imagine(sid, seqs, return_frames=True)
     assert imagined.rewards.shape == (4, 3) and imagined.frames.shape == (4, 3, 3, R, R)
-    assert eng.history(sid).to_dict() == before.to_dict()
+    assert eng.history(sid).to_dict() == before.to_dict() and eng.step_index(sid) == 2
     after = eng.step(sid, actions(3, 2))
+    assert eng.step_index(sid) == after.step_index == 4
 
     ref = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20))
     twin = ref.restore(before)

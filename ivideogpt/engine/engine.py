@@ -298,6 +298,10 @@ class RolloutEngine:
         with self._lock:
             return session_id in self._sessions
 
+    def step_index(self, session_id: str) -> int:
+        """The number of frames the session has predicted (its next step's index)."""
+        return self._get(session_id).step_index
+
     def history(self, session_id: str, since_step: int = 0) -> SessionHistory:
         """A copy of the session's history; with ``since_step`` only the steps from there on."""
         session = self._get(session_id)
