@@ -30,6 +30,7 @@ import msgpack
 import numpy as np
 import torch
 
+from ivideogpt.frames import from_uint8_hwc
 from ivideogpt.sampling import SamplingParams
 from server.backend import LocalBackend
 from server.metrics import Metrics
@@ -102,7 +103,7 @@ def run(h, gw, backend: LocalBackend, steps: int) -> dict[str, list[float]]:
     sid_grpc = stub.CreateSession(
         pb.CreateSessionRequest(context_frames=pb.Tensor(shape=list(ctx.shape), dtype="uint8", data=ctx.tobytes()))
     ).session_id
-    sid_engine = engine.open(torch.from_numpy(ctx.transpose(0, 3, 1, 2).copy()), SamplingParams())
+    sid_engine = engine.open(from_uint8_hwc(ctx), SamplingParams())
     sampling = {"temperature": 1.0, "top_k": 100, "greedy": False, "seed": 0}
     sid_svc = loop.run_until_complete(svc.create("anonymous", ctx, sampling)).session_id
     act_list = act.tolist()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ivideogpt.engine import EngineConfig, RolloutEngine
+from ivideogpt.frames import from_uint8_hwc
 from ivideogpt.sampling import SamplingParams
 from ivideogpt.triton_client import TritonRolloutClient
 from ivideogpt.triton_server import TritonServer
@@ -41,7 +42,7 @@ async def measure(url: str, repository: Path, steps: int) -> dict[str, list[floa
     client = TritonRolloutClient(url)
     times: dict[str, list[float]] = {"engine_in_process": [], "triton_grpc": []}
     try:
-        sid = engine.open(torch.from_numpy(ctx.transpose(0, 3, 1, 2).copy()), SamplingParams(seed=0))
+        sid = engine.open(from_uint8_hwc(ctx), SamplingParams(seed=0))
         await client.open(1, ctx, {"seed": 0})
         engine.step(sid, acts[0])  # warm-up
         await client.step(1, acts[0])

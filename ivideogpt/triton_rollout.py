@@ -18,20 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ivideogpt.engine import EngineConfig, RolloutEngine, SessionHistory
 from ivideogpt.engine.errors import CapacityError, InvalidInput, SessionNotFound
+from ivideogpt.frames import from_uint8_hwc, to_uint8_hwc
 from ivideogpt.sampling import SamplingParams
 from ivideogpt.triton_protocol import ENDS_SEQUENCE, OPERATIONS, STARTS_SEQUENCE
 
 Arrays = dict[str, np.ndarray]
-
-
-def frames_uint8(frames: torch.Tensor) -> np.ndarray:
-    """Engine frames [..., 3, H, W] float in [0, 1] -> uint8 [..., H, W, 3] (the gateway's rounding)."""
-    x = (frames.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
-    return x.movedim(-3, -1).contiguous().numpy()
 
 
 def _text(value: np.ndarray, field: str) -> str:
@@ -115,7 +109,7 @@ class RolloutSessions:
             sampling = SamplingParams(**settings)
         except TypeError as exc:
             raise InvalidInput("SAMPLING_PARAMETERS", str(exc)) from None
-        return self.engine.open(torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))), sampling)
+        return self.engine.open(from_uint8_hwc(frames), sampling)
 
     def _step(self, sid: str, inputs: Arrays) -> Arrays:
         if "ACTIONS" not in inputs:
@@ -128,7 +122,7 @@ class RolloutSessions:
             "HISTORY": _history_json(self.engine.history(sid, since_step=before)),
         }
         if result.frames is not None:
-            out["FRAMES"] = frames_uint8(result.frames)
+            out["FRAMES"] = to_uint8_hwc(result.frames)
         if result.rewards is not None:
             out["REWARDS"] = result.rewards.numpy().astype(np.float32)
         return out
@@ -145,7 +139,7 @@ class RolloutSessions:
             "HISTORY": _history_json(self.engine.history(sid, since_step=index)),  # no steps: the re-anchors
         }
         if result.frames is not None:
-            out["IMAGINED_FRAMES"] = frames_uint8(result.frames)
+            out["IMAGINED_FRAMES"] = to_uint8_hwc(result.frames)
         if result.rewards is not None:
             out["IMAGINED_REWARDS"] = result.rewards.numpy().astype(np.float32)
         return out
@@ -158,7 +152,7 @@ class RolloutSessions:
         if "STEP_RANGE" not in inputs or inputs["STEP_RANGE"].size != 2:
             raise InvalidInput("STEP_RANGE", "missing: recorded_frames needs [start, stop)")
         start, stop = (int(v) for v in inputs["STEP_RANGE"].reshape(-1))
-        return {"FRAMES": frames_uint8(self.engine.recorded_frames(sid, start, stop)), "STEP_INDEX": self._index(sid)}
+        return {"FRAMES": to_uint8_hwc(self.engine.recorded_frames(sid, start, stop)), "STEP_INDEX": self._index(sid)}
 
     def _index(self, sid: str) -> np.ndarray:
         return np.array([self.engine.step_index(sid)], dtype=np.int64)

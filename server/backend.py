@@ -24,6 +24,7 @@ import torch
 from ivideogpt.engine import EngineConfig, RolloutEngine, SessionHistory
 from ivideogpt.engine.engine import FrameResult, ImagineResult
 from ivideogpt.engine.errors import SessionNotFound
+from ivideogpt.frames import from_uint8_hwc
 from ivideogpt.sampling import SamplingParams
 from ivideogpt.triton_client import TritonRolloutClient
 from server.settings import Settings
@@ -256,7 +257,7 @@ class TritonBackend:
 
 def frames_float(frames: np.ndarray) -> torch.Tensor:
     """uint8 [..., H, W, 3] from Triton -> the engine's float [..., 3, H, W] in [0, 1] (exact round trip)."""
-    return torch.from_numpy(frames).movedim(-1, -3).float() / 255.0
+    return from_uint8_hwc(frames).float() / 255.0
 
 
 def make_backend(settings: Settings) -> Backend:

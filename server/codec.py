@@ -10,18 +10,11 @@ import binascii
 import io
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from server.errors import invalid
 
 DTYPES = {"uint8": np.uint8, "float32": np.float32}
-
-
-def to_uint8_hwc(frames: torch.Tensor) -> np.ndarray:
-    """Engine frames [n, 3, H, W] float in [0, 1] -> uint8 [n, H, W, 3]."""
-    x = (frames.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def png_encode(frame: np.ndarray) -> bytes:
@@ -76,8 +69,3 @@ def array_payload(x: np.ndarray) -> dict:
         "dtype": dtype,
         "data": x.astype(np.dtype(DTYPES[dtype]).newbyteorder("<")).tobytes(),
     }
-
-
-def context_to_engine(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [c, H, W, 3] -> the engine's uint8 [c, 3, H, W]."""
-    return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))

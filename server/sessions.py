@@ -17,9 +17,9 @@ import msgpack
 import numpy as np
 
 from ivideogpt.engine import SessionHistory, SessionNotFound
+from ivideogpt.frames import from_uint8_hwc, to_uint8_hwc
 from ivideogpt.sampling import SamplingParams
 from server.backend import Backend
-from server.codec import context_to_engine, to_uint8_hwc
 from server.errors import ApiError, from_engine, invalid, not_found
 from server.metrics import Metrics
 from server.registry import Registry, SessionRecord
@@ -119,7 +119,7 @@ class SessionService:
             raise ApiError(429, "too_many_sessions", f"this key holds {limit} sessions (the limit)", None, 5.0)
         params = SamplingParams(**sampling)
         try:
-            sid = await asyncio.to_thread(self.backend.open, context_to_engine(frames), params)
+            sid = await asyncio.to_thread(self.backend.open, from_uint8_hwc(frames), params)
             history = await asyncio.to_thread(self.backend.history, sid)
         except Exception as exc:
             raise from_engine(exc) from None

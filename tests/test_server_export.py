@@ -12,8 +12,8 @@ import torch
 from gateway_helpers import REPO, SLOT_BYTES, Gateway, actions, context, decode_png_b64, model_dir, png_b64
 
 from ivideogpt.engine import EngineConfig, RolloutEngine
+from ivideogpt.frames import to_uint8_hwc
 from ivideogpt.sampling import SamplingParams
-from server.codec import to_uint8_hwc
 
 
 def test_gateway_serves_exported_repository(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ from gateway_helpers import REDIS_URL, Gateway, actions, clear_redis, context, d
 from gateway_helpers import redis_prefix as new_prefix
 
 from ivideogpt.engine import EngineConfig, RolloutEngine
+from ivideogpt.frames import to_uint8_hwc
 from ivideogpt.sampling import SamplingParams
-from server.codec import to_uint8_hwc
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import torch
 from gateway_helpers import SLOT_BYTES, Gateway, actions, context, decode_png_b64, model_dir, png_b64
 
 from ivideogpt.engine import EngineConfig, RolloutEngine
+from ivideogpt.frames import to_uint8_hwc
 from ivideogpt.sampling import SamplingParams
-from server.codec import to_uint8_hwc
 
 KEY_A, KEY_B = "key-a-secret", "key-b-secret"
 A = {"Authorization": f"Bearer {KEY_A}"}

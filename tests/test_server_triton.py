@@ -14,8 +14,8 @@ from gateway_helpers import Gateway, actions, context, decode_png_b64, png_b64
 
 from conftest import TRITON_TTL_S
 from ivideogpt.engine import EngineConfig, RolloutEngine
+from ivideogpt.frames import to_uint8_hwc
 from ivideogpt.sampling import SamplingParams
-from ivideogpt.triton_rollout import frames_uint8
 from ivideogpt.triton_server import TritonServer
 
 pytestmark = pytest.mark.triton
@@ -36,7 +36,7 @@ def reference(repository: Path, seed: int, steps: list[list[list[float]]], seqs:
         sid = engine.open(torch.from_numpy(context(seed).transpose(0, 3, 1, 2).copy()), SamplingParams(seed=seed))
         outs = [engine.step(sid, torch.tensor(a)) for a in steps]
         imagined = engine.imagine(sid, torch.tensor(seqs)) if seqs is not None else None
-        frames = np.concatenate([frames_uint8(o.frames) for o in outs])
+        frames = np.concatenate([to_uint8_hwc(o.frames) for o in outs])
         rewards = np.concatenate([o.rewards.numpy() for o in outs])
         return frames, rewards, imagined
     finally:

@@ -19,10 +19,10 @@ from tritonclient.utils import InferenceServerException
 from conftest import TRITON_TTL_S
 from ivideogpt.engine import EngineConfig, RolloutEngine
 from ivideogpt.engine.errors import InvalidInput, SessionNotFound
+from ivideogpt.frames import to_uint8_hwc
 from ivideogpt.sampling import SamplingParams
 from ivideogpt.triton_client import TritonRolloutClient
 from ivideogpt.triton_protocol import MODEL_NAME
-from ivideogpt.triton_rollout import frames_uint8
 from ivideogpt.triton_server import TritonServer
 
 pytestmark = pytest.mark.triton
@@ -86,11 +86,11 @@ def test_session_through_triton_equals_the_engine(triton_server: TritonServer, e
     assert [r.tokens for r in history.steps] == [r.tokens for r in ref_history.steps]
     assert [r.tokens for r in first.history.steps + second.history.steps] == [r.tokens for r in ref_history.steps]
     assert (first.step_index, second.step_index) == (2, 5)
-    np.testing.assert_array_equal(np.concatenate([first.frames, second.frames]), frames_uint8(ref_steps.frames))
+    np.testing.assert_array_equal(np.concatenate([first.frames, second.frames]), to_uint8_hwc(ref_steps.frames))
     np.testing.assert_allclose(np.concatenate([first.rewards, second.rewards]), ref_steps.rewards, atol=1e-6)
     assert imagined.rewards.shape == (8, 3) and imagined.frames.shape == (8, 3, 64, 64, 3)
     np.testing.assert_allclose(imagined.rewards, ref_imagine.rewards.numpy(), atol=1e-6)
-    np.testing.assert_array_equal(imagined.frames, frames_uint8(ref_imagine.frames))
+    np.testing.assert_array_equal(imagined.frames, to_uint8_hwc(ref_imagine.frames))
 
 
 def test_interleaved_sessions_stay_independent(triton_server: TritonServer, engine: RolloutEngine) -> None:
@@ -107,7 +107,7 @@ def test_interleaved_sessions_stay_independent(triton_server: TritonServer, engi
     got = run(two_sessions)(triton_server.grpc_url)
     for corrid, seed, offset, h in ((21, 1, 10, 1), (22, 2, 20, 2)):
         sid = engine_open(engine, context(seed), seed)
-        ref = np.concatenate([frames_uint8(engine.step(sid, actions(offset + i, h)).frames) for i in range(3)])
+        ref = np.concatenate([to_uint8_hwc(engine.step(sid, actions(offset + i, h)).frames) for i in range(3)])
         engine.close(sid)
         np.testing.assert_array_equal(got[corrid], ref)
 
