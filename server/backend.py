@@ -82,8 +82,6 @@ class LocalBackend:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        if settings.torch_threads:  # frames depend on the thread count to the last bit (reduction order)
-            torch.set_num_threads(settings.torch_threads)
         config = EngineConfig(
             device=settings.device,
             dtype=settings.dtype,
@@ -91,6 +89,7 @@ class LocalBackend:
             session_ttl_s=settings.engine_idle_s,
             max_horizon=max(settings.max_horizon, 1),
             max_imagine=max(settings.max_imagine_sequences, 1),
+            threads=settings.torch_threads or 0,
         )
         if settings.model_dir:  # a checkpoint, run eagerly (same tokens and frames as its export)
             self.engine = RolloutEngine.from_checkpoint(resolve_model_dir(settings.model_dir), config)

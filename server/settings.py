@@ -29,7 +29,10 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     cache_bytes: int = Field(1 << 30, description="KV cache budget of the local engine")
     torch_threads: int | None = Field(
-        None, ge=1, description="torch threads of the local engine; replicas sharing sessions must agree (bitwise)"
+        None,
+        ge=1,
+        description="intra-op threads of each of the local engine's two threads (default: half the cores); "
+        "frames depend on it to the last bit, so replicas sharing sessions must agree",
     )
     worker_threads: int = Field(
         64, ge=1, description="requests in the engine at once (each waits in a thread; the engine batches them)"

@@ -225,6 +225,72 @@ def test_step_stream_yields_frames_one_by_one(engine: RolloutEngine) -> None:
     assert engine.step(sid, actions(2, 1)).step_index == 8
 
 
+def test_both_engine_threads_run_at_the_configured_thread_count(model: WorldModel) -> None:
+    """Frames depend on the intra-op thread count to the last bit: token steps and pixels must agree."""
+    eng = RolloutEngine(model, EngineConfig(cache_bytes=32 << 20, threads=3))
+    try:
+        assert eng.scheduler.run_exclusive(torch.get_num_threads) == 3
+        assert eng._pixels.submit(torch.get_num_threads).result() == 3
+        assert eng.stats()["threads"] == 3
+    finally:
+        eng.shutdown()
+    # by default a small model's two threads share the cores, a large model's each take them all
+    cores = torch.get_num_threads()
+    small = RolloutEngine(model, EngineConfig(cache_bytes=32 << 20))
+    assert small.stats()["threads"] == max(1, cores // 2)
+    small.shutdown()
+    assert EngineConfig().intra_op_threads(250_000_000) == cores
+    assert EngineConfig(threads=3).intra_op_threads(250_000_000) == 3
+    with pytest.raises(ValueError, match="threads"):
+        EngineConfig(threads=-1).intra_op_threads(1)
+
+
+class FutureDecodeProbe(torch.nn.Module):
+    """Fault injection around the real pixel decoder: records the calling thread, fails on call ``fail_at``."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner, self.threads, self.fail_at = inner, [], 0
+
+    def forward(self, ids: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
+        self.threads.append(threading.current_thread().name)
+        if len(self.threads) == self.fail_at:
+            raise RuntimeError("pixel decoder failed")
+        return self.inner(ids, *features)
+
+
+def test_pixels_are_decoded_on_the_pixel_thread_and_their_errors_reach_the_caller(model: WorldModel) -> None:
+    ref = RolloutEngine(model, EngineConfig(cache_bytes=32 << 20))
+    eng = RolloutEngine(model, EngineConfig(cache_bytes=32 << 20))
+    probe = FutureDecodeProbe(eng.runner.modules["future_decode"])
+    eng.runner.modules["future_decode"] = probe
+    try:
+        sampling = SamplingParams(seed=5)
+        sid, twin = eng.open(context(0), sampling), ref.open(context(0), sampling)
+        assert torch.equal(eng.step(sid, actions(1, 3)).frames, ref.step(twin, actions(1, 3)).frames)
+        assert len(probe.threads) == 3 and all(t.startswith("ivideogpt-pixels") for t in probe.threads)
+
+        probe.fail_at = len(probe.threads) + 2  # the second frame of the next step
+        stream = eng.step_stream(sid, actions(2, 3))
+        assert next(stream).step_index == 3
+        with pytest.raises(RuntimeError, match="pixel decoder failed"):
+            next(stream)
+        # the tokens of all three frames were generated and recorded; the session goes on
+        assert eng.step_index(sid) == 6
+        ref.step(twin, actions(2, 3))
+        assert torch.equal(eng.step(sid, actions(3, 2)).frames, ref.step(twin, actions(3, 2)).frames)
+
+        probe.fail_at = len(probe.threads) + 1
+        with pytest.raises(RuntimeError, match="pixel decoder failed"):
+            eng.imagine(sid, actions(4, 2, k=2), return_frames=True)
+        assert eng.step_index(sid) == 8 and eng.imagine(sid, actions(4, 2, k=2), return_frames=True).frames.shape[
+            :2
+        ] == (2, 2)
+    finally:
+        eng.shutdown()
+        ref.shutdown()
+
+
 def test_bf16_engine_runs(model: WorldModel) -> None:
     eng = RolloutEngine(make_model(), EngineConfig(cache_bytes=32 << 20, dtype="bfloat16"))
     sid = eng.open(context(0))

@@ -396,9 +396,11 @@ def test_torch_threads_setting_sets_the_engine_threads(model_path: Path) -> None
     from server.backend import LocalBackend
     from server.settings import Settings
 
-    want = 1 if torch.get_num_threads() != 1 else 2
+    want = 3
     backend = LocalBackend(Settings(model_dir=str(model_path), torch_threads=want, cache_bytes=SLOT_BYTES))
     try:
-        assert torch.get_num_threads() == want  # conftest restores the count after the test
+        engine = backend.engine
+        assert engine.stats()["threads"] == want
+        assert engine.scheduler.run_exclusive(torch.get_num_threads) == want  # the thread that runs the model
     finally:
         backend.shutdown()

@@ -1,10 +1,14 @@
 """RolloutEngine: the public, thread-safe API of a worker (open, step, imagine, close, restore).
 
 Request threads validate inputs, then hand work to the scheduler thread, which alone runs
-the model and touches the cache pool. Long sessions re-anchor transparently: when the next
-frame would pass the transformer's position limit, the last c predicted frames become the
-new context (re-encoded, re-prefilled), and the step index at which that happened is kept
-in the session's history so ``restore`` re-anchors at exactly the same points.
+the transformer and touches the cache pool. Predicted frames' pixels are decoded on a second
+thread, in order, while the scheduler already generates the next frame's tokens: on two cores
+a frame then costs the larger of the two, not their sum.
+
+Long sessions re-anchor transparently: when the next frame would pass the transformer's
+position limit, the last c predicted frames become the new context (re-encoded,
+re-prefilled), and the step index at which that happened is kept in the session's history so
+``restore`` re-anchors at exactly the same points.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +28,7 @@ import numpy as np
 import torch
 
 from ivideogpt.checkpoint import load
-from ivideogpt.engine.config import EngineConfig
+from ivideogpt.engine.config import EngineConfig, use_intra_op_threads
 from ivideogpt.engine.errors import InvalidInput, SessionNotFound
 from ivideogpt.engine.kv_cache import BlockTable, ForkGroup, KVCachePool, SessionRow
 from ivideogpt.engine.runner import ModelRunner
@@ -53,7 +58,11 @@ class ImagineResult:
     frames: torch.Tensor | None  # [K, h, 3, H, W] when asked for
 
 
-_END = object()
+@dataclass
+class _End:
+    """The last item of a step's stream: the job is over (with its error, if any)."""
+
+    error: BaseException | None
 
 
 class RolloutEngine:
@@ -69,7 +78,10 @@ class RolloutEngine:
         self.layout = model.layout
         trm = self.cfg.transformer
         self.pool = KVCachePool(trm, self.config.cache_bytes, self.config.block_size, self.device, self.dtype)
-        self.scheduler = Scheduler(self.runner, self.pool, self.config.max_batch_rows)
+        threads = self.config.intra_op_threads(model.parameter_count())
+        self.scheduler = Scheduler(self.runner, self.pool, self.config.max_batch_rows, threads)
+        # one thread: frames come out in the order their tokens were generated
+        self._pixels = ThreadPoolExecutor(1, "ivideogpt-pixels", initializer=use_intra_op_threads, initargs=(threads,))
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self.evictions = 0
@@ -87,6 +99,7 @@ class RolloutEngine:
 
     def shutdown(self) -> None:
         self.scheduler.shutdown()
+        self._pixels.shutdown()
 
     # what clients need to know
     def model_info(self) -> dict:
@@ -109,6 +122,7 @@ class RolloutEngine:
     def stats(self) -> dict:
         return {
             "sessions": len(self._sessions),
+            "threads": self.scheduler.threads,
             "cache_blocks_used": self.pool.used_blocks,
             "cache_blocks_free": self.pool.free_blocks,
             "cache_bytes_used": self.pool.used_bytes,
@@ -184,12 +198,22 @@ class RolloutEngine:
             reward = None if rewards is None else float(rewards[0])
             action = acts[job.frame].tolist()
             session.history.steps.append(StepRecord(action, raw.tolist(), reward))
-            frame = self._decode(session, raw) if return_frames else None
-            out.put(FrameResult(session.step_index - 1, frame, reward))
+            index, features = session.step_index - 1, session.decoder_features
+            if not return_frames:
+                out.put(FrameResult(index, None, reward))
+                return
+
+            def decode() -> None:
+                try:
+                    out.put(FrameResult(index, self._decode_with(features, raw), reward))
+                except BaseException as exc:  # raised to the caller; the job still runs to its end
+                    out.put(exc)
+
+            self._pixels.submit(decode)
 
         def on_end(job: Job, exc: BaseException | None) -> None:
             session.last_used = time.monotonic()
-            out.put(exc if exc is not None else _END)
+            self._after_pixels(return_frames, lambda: out.put(_End(exc)))
 
         with session.lock:
             self._check_open(session, session_id)
@@ -205,17 +229,17 @@ class RolloutEngine:
             self.scheduler.submit(job)
             ended = False
             try:
-                while (item := out.get()) is not _END:
+                while not isinstance(item := out.get(), _End):
                     if isinstance(item, BaseException):
-                        ended = True
                         raise item
                     yield item
                 ended = True
+                if item.error is not None:
+                    raise item.error
             finally:
                 # a consumer that stops early still owns the session until its job has ended
                 while not ended:
-                    item = out.get()
-                    ended = item is _END or isinstance(item, BaseException)
+                    ended = isinstance(out.get(), _End)
 
     def imagine(
         self, session_id: str, action_sequences: torch.Tensor | np.ndarray, return_frames: bool = False
@@ -241,6 +265,7 @@ class RolloutEngine:
             )
         rewards = torch.zeros(k, h) if trm_cfg.reward_head else None
         frames: list[list[torch.Tensor]] = [[] for _ in range(k)]
+        pixel_errors: list[BaseException] = []
         done: queue.Queue = queue.Queue()
 
         with session.lock:
@@ -263,13 +288,19 @@ class RolloutEngine:
                 if rewards is not None and r is not None:
                     rewards[:, job.frame] = r
                 if return_frames:
+                    self._pixels.submit(decode, session.decoder_features, tokens.clone())
+
+            def decode(features: list[torch.Tensor], ids: torch.Tensor) -> None:
+                try:
                     for fork in range(k):
-                        frames[fork].append(self._decode(session, tokens[fork]))
+                        frames[fork].append(self._decode_with(features, ids[fork]))
+                except BaseException as exc:
+                    pixel_errors.append(exc)
 
             def on_end(job: Job, exc: BaseException | None) -> None:
                 self.pool.free(table)
                 session.last_used = time.monotonic()
-                done.put(exc)
+                self._after_pixels(return_frames, lambda: done.put(exc))
 
             job = Job(
                 k=k,
@@ -285,6 +316,8 @@ class RolloutEngine:
             exc = done.get()
             if exc is not None:
                 raise exc
+            if pixel_errors:
+                raise pixel_errors[0]
         stacked = torch.stack([torch.stack(f) for f in frames]) if return_frames else None
         return ImagineResult(rewards=rewards, frames=stacked)
 
@@ -387,9 +420,17 @@ class RolloutEngine:
         self.runner.prefill(x[None], k_slot, v_slot, start)
         session.length = start + x.shape[0]
 
+    def _after_pixels(self, pixels_pending: bool, fn: Callable[[], object]) -> None:
+        """Run fn once every frame submitted so far has been decoded (at once if none were)."""
+        if pixels_pending:
+            self._pixels.submit(fn)
+        else:
+            fn()
+
     def _decode(self, session: Session, raw_tokens: torch.Tensor) -> torch.Tensor:
         return self._decode_with(session.decoder_features, raw_tokens)
 
+    @torch.inference_mode()  # the pixel thread's own grad mode (it is per thread) would be on
     def _decode_with(self, decoder_features: list[torch.Tensor], raw_tokens: torch.Tensor) -> torch.Tensor:
         """One frame's pixels from its sampled ids and its anchor's decoder features (batch 1)."""
         lay = self.layout

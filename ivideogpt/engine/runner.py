@@ -82,6 +82,11 @@ class ModelRunner:
             modules[name] = torch.jit.load(str(f), map_location=device).to(dtype).eval()
         return cls(cfg, modules, torch.device(device), dtype)
 
+    def parameter_count(self) -> int:
+        """Parameters of the seven modules, each shared tensor counted once."""
+        unique = {p.data_ptr(): p.numel() for m in self.modules.values() for p in m.parameters()}
+        return sum(unique.values())
+
     # tokenizer
     def encode_context(self, frames: torch.Tensor) -> torch.Tensor:
         return self.modules["context_encode"](frames)

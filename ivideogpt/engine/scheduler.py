@@ -4,8 +4,8 @@ Each iteration forms one batch from all active jobs (a session's step is one row
 is K rows), runs one decode step of the transformer for all of them, samples, and advances
 each job; jobs submitted meanwhile join at the next iteration (continuous batching). Work
 that must not interleave with token steps (prefills at open/restore/re-anchor, closing)
-runs on the same thread between iterations, so the model and the cache pool have exactly
-one user.
+runs on the same thread between iterations, so the transformer and the cache pool have
+exactly one user (pixels of predicted frames are decoded on the engine's second thread).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ivideogpt.engine.config import use_intra_op_threads
 from ivideogpt.engine.kv_cache import DecodeBatch, ForkGroup, KVCachePool, SessionRow
 from ivideogpt.engine.runner import ModelRunner
 from ivideogpt.sampling import SamplingParams, draw_uniforms, sample_tokens
@@ -50,8 +51,8 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, runner: ModelRunner, pool: KVCachePool, max_rows: int):
-        self.runner, self.pool, self.max_rows = runner, pool, max_rows
+    def __init__(self, runner: ModelRunner, pool: KVCachePool, max_rows: int, threads: int):
+        self.runner, self.pool, self.max_rows, self.threads = runner, pool, max_rows, threads
         self.layout = runner.layout
         self._tasks: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
         self._new_jobs: queue.Queue[Job] = queue.Queue()
@@ -90,6 +91,7 @@ class Scheduler:
 
     # the loop
     def _loop(self) -> None:
+        use_intra_op_threads(self.threads)
         while not self._stop:
             self._run_tasks()
             self._admit()
