@@ -205,7 +205,7 @@ class RolloutEngine:
 
             def decode() -> None:
                 try:
-                    out.put(FrameResult(index, self._decode_with(features, raw), reward))
+                    out.put(FrameResult(index, self._decode(features, raw), reward))
                 except BaseException as exc:  # raised to the caller; the job still runs to its end
                     out.put(exc)
 
@@ -293,7 +293,7 @@ class RolloutEngine:
             def decode(features: list[torch.Tensor], ids: torch.Tensor) -> None:
                 try:
                     for fork in range(k):
-                        frames[fork].append(self._decode_with(features, ids[fork]))
+                        frames[fork].append(self._decode(features, ids[fork]))
                 except BaseException as exc:
                     pixel_errors.append(exc)
 
@@ -367,7 +367,7 @@ class RolloutEngine:
                     if i < session.anchor_step:
                         assert session.previous_anchor is not None
                         features = session.previous_anchor[1]
-                    frames.append(self._decode_with(features, torch.tensor(steps[i].tokens)))
+                    frames.append(self._decode(features, torch.tensor(steps[i].tokens)))
                 return torch.stack(frames)
 
             return self.scheduler.run_exclusive(task)
@@ -427,11 +427,8 @@ class RolloutEngine:
         else:
             fn()
 
-    def _decode(self, session: Session, raw_tokens: torch.Tensor) -> torch.Tensor:
-        return self._decode_with(session.decoder_features, raw_tokens)
-
     @torch.inference_mode()  # the pixel thread's own grad mode (it is per thread) would be on
-    def _decode_with(self, decoder_features: list[torch.Tensor], raw_tokens: torch.Tensor) -> torch.Tensor:
+    def _decode(self, decoder_features: list[torch.Tensor], raw_tokens: torch.Tensor) -> torch.Tensor:
         """One frame's pixels from its sampled ids and its anchor's decoder features (batch 1)."""
         lay = self.layout
         future = (raw_tokens.to(self.device) - lay.future_offset).clamp(0, lay.future_codebook_size - 1)
@@ -442,7 +439,7 @@ class RolloutEngine:
         """The last c frames (predicted, or the anchor's own) become the new context."""
         c = self.cfg.tokenizer.context_length
         since = session.history.steps[session.anchor_step :][-c:]
-        predicted = [self._decode(session, torch.tensor(r.tokens)) for r in since]
+        predicted = [self._decode(session.decoder_features, torch.tensor(r.tokens)) for r in since]
         recent = ([f.float().cpu() for f in session.anchor_frames] + predicted)[-c:]
         frames = torch.stack(recent)[None].to(self.device, self.dtype)
         ids = self.runner.encode_context(frames)
