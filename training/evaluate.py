@@ -1,11 +1,15 @@
 """Evaluate a world model on held-out episodes: ``python -m training.evaluate``.
 
 For every episode: the first c frames (from ``--start``) are the context, then ``--horizon``
-frames are predicted with the KV-cached rollout driven by the recorded actions (future frame
-i gets a[start + c - 1 + i]). Reported against the ground truth: PSNR and SSIM (one seeded
-sample; best-of-N with ``--best-of``, as the paper does), the same metrics for the
-copy-last-context-frame baseline, the tokenizer's own reconstruction (the ceiling of any
-prediction), and reward R^2 of predicted against true rewards r[start + c + i].
+frames are predicted by the serving engine (``RolloutEngine``, one session per episode: what
+is evaluated is what is served), driven by the recorded actions
+(future frame i gets a[start + c - 1 + i]). Reported against the ground truth: PSNR and SSIM
+(one seeded sample; best-of-N with ``--best-of``, as the paper does), the same metrics for the
+copy-last-context-frame baseline, the tokenizer's own reconstruction of the context and the
+future frames (the ceiling of any prediction), reward R^2 of predicted against true rewards
+r[start + c + i], per-task rows, and the action gain: how much PSNR the true actions buy over
+the actions of another held-out episode (same contexts, same seeds). A model that ignores its
+actions has a gain of 0; a planner needs it well above 0 to rank action sequences.
 LPIPS and FVD are computed only from local TorchScript modules passed by path (never
 downloaded); otherwise they are reported as skipped.
 """
@@ -22,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ivideogpt import checkpoint
+from ivideogpt.engine import EngineConfig, RolloutEngine
 from ivideogpt.model import WorldModel
-from ivideogpt.rollout import Rollout
 from ivideogpt.sampling import SamplingParams
 from training.data import Episode, frames_to_tensor, load_episodes
 
@@ -65,29 +69,48 @@ def r2_score(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
 
 
-@torch.no_grad()
 def rollout_episodes(
-    model: WorldModel, context: torch.Tensor, actions: torch.Tensor, sampling: SamplingParams
+    engine: RolloutEngine, context: torch.Tensor, actions: torch.Tensor, seeds: list[int], sampling: SamplingParams
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """context [B, c, 3, H, W], actions [B, n, A] -> frames [B, n, 3, H, W], rewards [B, n]."""
-    ro = Rollout(model, context, sampling)
+    """context [B, c, 3, H, W], actions [B, n, A] -> frames [B, n, 3, H, W], rewards [B, n].
+
+    One engine session per episode (episode j samples with ``seeds[j]``), one after the
+    other: a session stepped alone is batched alone, so the numbers do not depend on timing.
+    """
     frames, rewards = [], []
-    for i in range(actions.shape[1]):
-        out = ro.step(actions[:, i])
+    for j, seed in enumerate(seeds):
+        sid = engine.open(context[j], SamplingParams(**{**vars(sampling), "seed": seed}))
+        try:
+            out = engine.step(sid, actions[j])
+        finally:
+            engine.close(sid)
+        assert out.frames is not None
         frames.append(out.frames)
         rewards.append(out.rewards)
-    has_reward = rewards[0] is not None
-    return torch.stack(frames, 1), (torch.stack(rewards, 1) if has_reward else None)
+    return torch.stack(frames), (None if rewards[0] is None else torch.stack(rewards))
+
+
+def action_permutation(n: int, seed: int = 0) -> np.ndarray:
+    """A fixed permutation without fixed points: episode j borrows the actions of episode perm[j]."""
+    if n < 2:
+        raise ValueError("the action gain needs at least two episodes")
+    rng = np.random.default_rng(seed)
+    while True:
+        perm = rng.permutation(n)
+        if not (perm == np.arange(n)).any():
+            return perm
 
 
 @torch.no_grad()
-def tokenizer_reconstruction(model: WorldModel, context: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
-    """Encode + decode the true future frames: what a perfect transformer could show."""
+def tokenizer_reconstruction(
+    model: WorldModel, context: torch.Tensor, future: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode + decode the true context and future frames: what a perfect transformer could show."""
     tok = model.tokenizer
     ctx_ids, enc_feats = tok.encode_context(context)
     fut_ids = tok.encode_future(future, enc_feats)
-    _, dec_feats = tok.decode_context(ctx_ids)
-    return tok.decode_future(fut_ids, dec_feats)
+    ctx_recon, dec_feats = tok.decode_context(ctx_ids)
+    return ctx_recon, tok.decode_future(fut_ids, dec_feats)
 
 
 def save_grid(path: Path, rows: list[torch.Tensor], scale: int = 2) -> None:
@@ -125,6 +148,8 @@ def evaluate(
     fvd_path: str | None = None,
     grid_path: Path | None = None,
     grid_episodes: int = 6,
+    threads: int = 0,
+    action_gain: bool = True,
 ) -> dict:
     """The metrics of ``model`` against copy-last on ``episodes`` (see the module docstring)."""
     sampling = sampling or SamplingParams()
@@ -137,22 +162,34 @@ def evaluate(
     true_rewards = np.stack([e.rewards[start + c : start + c + horizon] for e in clip])
     context, truth = frames[:, :c], frames[:, c:]
     b = len(clip)
+    action_gain = action_gain and b >= 2
 
-    t0 = time.time()
-    samples, reward_samples = [], []
-    for k in range(best_of):  # sample k of episode j uses seed + k * B + j
-        params = SamplingParams(**{**vars(sampling), "seed": sampling.seed + k * b})
-        pred, rew = rollout_episodes(model, context, actions, params)
-        samples.append(pred)
-        reward_samples.append(rew)
-    rollout_s = time.time() - t0
+    engine = RolloutEngine(model, EngineConfig(threads=threads, max_horizon=max(horizon, EngineConfig.max_horizon)))
+    try:
+        t0 = time.time()
+        samples, reward_samples = [], []
+        for k in range(best_of):  # sample k of episode j uses seed + k * B + j
+            seeds = [sampling.seed + k * b + j for j in range(b)]
+            pred, rew = rollout_episodes(engine, context, actions, seeds, sampling)
+            samples.append(pred)
+            reward_samples.append(rew)
+        rollout_s = time.time() - t0
+        other = None
+        if action_gain:  # the first sample's seeds, another episode's actions
+            perm = action_permutation(b)
+            other, _ = rollout_episodes(engine, context, actions[perm], [sampling.seed + j for j in range(b)], sampling)
+    finally:
+        engine.shutdown()
 
     sample_psnr = torch.stack([psnr(p, truth) for p in samples])  # [N, B, n]
     sample_ssim = torch.stack([ssim(p, truth) for p in samples])
     copy_last = context[:, -1:].expand_as(truth)  # the last true context frame, repeated
     base_psnr, base_ssim = psnr(copy_last, truth), ssim(copy_last, truth)
-    recon = tokenizer_reconstruction(model, context, truth)
+    ctx_recon, recon = tokenizer_reconstruction(model, context, truth)
     recon_psnr, recon_ssim = psnr(recon, truth), ssim(recon, truth)
+
+    def per_step(values: torch.Tensor) -> list[float]:
+        return [round(float(v), 3) for v in values.mean(0)]
 
     result = {
         "checkpoint": None,
@@ -175,18 +212,41 @@ def evaluate(
         "ssim_best_of": float(sample_ssim.mean(2).max(0).values.mean()),
         "baseline_psnr": float(base_psnr.mean()),
         "baseline_ssim": float(base_ssim.mean()),
+        # the tokenizer's reconstruction of the true future frames (and of the context frames)
         "tokenizer_psnr": float(recon_psnr.mean()),
         "tokenizer_ssim": float(recon_ssim.mean()),
-        "psnr_per_step": [round(float(v), 3) for v in sample_psnr[0].mean(0)],
-        "baseline_psnr_per_step": [round(float(v), 3) for v in base_psnr.mean(0)],
+        "tokenizer_psnr_context": float(psnr(ctx_recon, context).mean()),
+        "psnr_per_step": per_step(sample_psnr[0]),
+        "baseline_psnr_per_step": per_step(base_psnr),
+        "action_gain_psnr": None,
+        "action_gain_per_step": None,
         "reward_r2": None,
         "reward_mae": None,
+        "per_task": {},
         "rollout_seconds": round(rollout_s, 2),
     }
-    if reward_samples[0] is not None:
-        pred_rewards = reward_samples[0].numpy()
+    if other is not None:
+        gain = sample_psnr[0] - psnr(other, truth)  # [B, n]
+        result["action_gain_psnr"] = float(gain.mean())
+        result["action_gain_per_step"] = per_step(gain)
+    pred_rewards = None if reward_samples[0] is None else reward_samples[0].numpy()
+    if pred_rewards is not None:
         result["reward_r2"] = r2_score(pred_rewards.ravel(), true_rewards.ravel())
         result["reward_mae"] = float(np.abs(pred_rewards - true_rewards).mean())
+    tasks = [e.name.split("/")[0] for e in clip]
+    for task in sorted(set(tasks)):
+        rows = [j for j, t in enumerate(tasks) if t == task]
+        row = {
+            "episodes": len(rows),
+            "psnr": float(sample_psnr[0, rows].mean()),
+            "baseline_psnr": float(base_psnr[rows].mean()),
+            "reward_r2": None,
+            "reward_mae": None,
+        }
+        if pred_rewards is not None:  # R^2 is unstable where a task's rewards hardly vary: MAE beside it
+            pred, true = pred_rewards[rows], true_rewards[rows]
+            row |= {"reward_r2": r2_score(pred.ravel(), true.ravel()), "reward_mae": float(np.abs(pred - true).mean())}
+        result["per_task"][task] = row
 
     lpips = optional_metric(lpips_path, "LPIPS")
     result["lpips"] = (
@@ -221,9 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--greedy", action="store_true", help="argmax tokens instead of sampling")
     p.add_argument("--lpips", default=None, help="local TorchScript LPIPS module")
     p.add_argument("--fvd", default=None, help="local TorchScript FVD module (real, fake videos -> distance)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads of each engine thread")
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
 
     data = Path(a.data)
     if not (data / "manifest.json").is_file() and a.data == DEFAULT_DATA:
@@ -235,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     model = checkpoint.load(a.checkpoint)
     sampling = SamplingParams(temperature=a.temperature, top_k=a.top_k, greedy=a.greedy, seed=a.seed)
     png = Path(a.png) if a.png else (Path(a.json).with_suffix(".png") if a.json else None)
-    result = evaluate(model, episodes, a.horizon, a.start, a.best_of, sampling, a.lpips, a.fvd, png)
+    result = evaluate(model, episodes, a.horizon, a.start, a.best_of, sampling, a.lpips, a.fvd, png, threads=a.threads)
     result["checkpoint"], result["data"] = str(a.checkpoint), str(a.data)
 
     print(f"{result['episodes']} episodes, {result['horizon']} predicted frames after {result['context_frames']}")
@@ -245,8 +304,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| model (best of {a.best_of}) | {result['psnr_best_of']:.2f} | {result['ssim_best_of']:.4f} |")
     print(f"| copy last context frame | {result['baseline_psnr']:.2f} | {result['baseline_ssim']:.4f} |")
     print(f"| tokenizer reconstruction | {result['tokenizer_psnr']:.2f} | {result['tokenizer_ssim']:.4f} |")
+    print(f"tokenizer reconstruction of the context frames: {result['tokenizer_psnr_context']:.2f} dB")
+    if result["action_gain_psnr"] is not None:
+        print(f"action gain (true actions vs another episode's): {result['action_gain_psnr']:+.2f} dB")
     if result["reward_r2"] is not None:
         print(f"reward R^2 {result['reward_r2']:.3f}, MAE {result['reward_mae']:.3f}")
+    print("| task | PSNR | copy-last | reward R^2 | reward MAE |\n|---|---|---|---|---|")
+    for task, row in result["per_task"].items():
+        r2, mae = ("", "") if row["reward_r2"] is None else (f"{row['reward_r2']:.3f}", f"{row['reward_mae']:.3f}")
+        print(f"| {task} | {row['psnr']:.2f} | {row['baseline_psnr']:.2f} | {r2} | {mae} |")
     for name in result.get("skipped", []):
         print(f"{name}: skipped (no local weights; pass --{name} PATH)")
     if a.json:
