@@ -20,7 +20,7 @@ from server.errors import ApiError, validation_api_error
 from server.metrics import Metrics
 from server.middleware import BodyLimit, RequestCounter
 from server.registry import make_registry
-from server.routes import health, models, sessions, stream
+from server.routes import health, models, render, sessions, stream
 from server.sessions import SessionService
 from server.settings import Settings
 
@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.state.metrics = Metrics(stats)
     install_error_handlers(app)
-    for r in (health.router, models.router, sessions.router, stream.router):
+    for r in (health.router, models.router, sessions.router, stream.router, render.router):
         app.include_router(r)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestCounter, counter=app.state.metrics.requests)
