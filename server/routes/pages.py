@@ -1,5 +1,5 @@
-"""Pages the gateway serves itself, from the files in ``server/static/`` (no CDN: they work offline):
-Swagger UI at ``/docs``."""
+"""Pages the gateway serves itself, from the files in ``server/static/`` (no CDN: both work offline):
+the playground at ``/`` (plain HTML, CSS and JavaScript on the public API) and Swagger UI at ``/docs``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 from starlette.types import Scope
@@ -30,6 +30,11 @@ class RevalidatedFiles(StaticFiles):
 
 def mount_static(app: FastAPI) -> None:
     app.mount("/static", RevalidatedFiles(directory=STATIC), name="static")
+
+
+@router.get("/")
+async def playground() -> FileResponse:
+    return FileResponse(STATIC / "playground" / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/docs")
