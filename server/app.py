@@ -20,7 +20,7 @@ from server.errors import ApiError, validation_api_error
 from server.metrics import Metrics
 from server.middleware import BodyLimit, RequestCounter
 from server.registry import make_registry
-from server.routes import health, models, sessions, stream
+from server.routes import health, models, pages, render, sessions, stream
 from server.sessions import SessionService
 from server.settings import Settings
 
@@ -92,7 +92,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await registry.close()
             backend.shutdown()
 
-    app = FastAPI(title="iVideoGPT world model gateway", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="iVideoGPT world model gateway",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # server/routes/pages.py serves Swagger UI from vendored files instead of a CDN
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.service = None
 
@@ -105,8 +112,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.state.metrics = Metrics(stats)
     install_error_handlers(app)
-    for r in (health.router, models.router, sessions.router, stream.router):
+    for r in (health.router, models.router, sessions.router, stream.router, render.router, pages.router):
         app.include_router(r)
+    pages.mount_static(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestCounter, counter=app.state.metrics.requests)
     return app

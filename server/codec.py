@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from server.errors import invalid
 
 DTYPES = {"uint8": np.uint8, "float32": np.float32}
+MAX_SIDE = 512  # pixels a side of a PNG of no fixed size (frames to render)
 
 
 def png_encode(frame: np.ndarray) -> bytes:
@@ -27,20 +28,30 @@ def png_b64(frames: np.ndarray) -> list[str]:
     return [base64.b64encode(png_encode(f)).decode() for f in frames]
 
 
-def decode_png(data: bytes, field: str, size: int) -> np.ndarray:
+def decode_png(data: bytes, field: str, size: int | None) -> np.ndarray:
+    """A PNG -> uint8 [H, W, 3], ``size`` x ``size`` (None: any size up to ``MAX_SIDE`` pixels a side).
+
+    The header is checked before any pixel is decoded.
+    """
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        img = Image.open(io.BytesIO(data))  # the header only
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise invalid(field, f"not a PNG image ({exc.__class__.__name__})") from None
     if img.format != "PNG":
         raise invalid(field, f"a {img.format} image, expected PNG")
-    if img.size != (size, size):
-        raise invalid(field, f"image size {img.size[0]}x{img.size[1]}, the model takes {size}x{size}")
+    w, h = img.size
+    if size is not None and (w, h) != (size, size):
+        raise invalid(field, f"image size {w}x{h}, the model takes {size}x{size}")
+    if max(w, h) > MAX_SIDE:
+        raise invalid(field, f"image size {w}x{h}, at most {MAX_SIDE} pixels a side")
+    try:
+        img.load()
+    except (OSError, ValueError) as exc:
+        raise invalid(field, f"not a PNG image ({exc.__class__.__name__})") from None
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def decode_b64_png(text: str, field: str, size: int) -> np.ndarray:
+def decode_b64_png(text: str, field: str, size: int | None) -> np.ndarray:
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):

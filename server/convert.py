@@ -9,14 +9,20 @@ from server.errors import invalid
 from server.schemas import Array
 
 
-def frames_in(value: list[str] | Array, field: str, size: int) -> np.ndarray:
+def frames_in(value: list[str] | Array, field: str, size: int | None) -> np.ndarray:
+    """PNGs (of ``size`` squared, or any one size when None) or a raw uint8 array -> uint8 [n, H, W, 3]."""
     if isinstance(value, Array):
         if value.dtype != "uint8":
             raise invalid(f"{field}.dtype", f"{value.dtype}, frames are uint8")
         return array_from(value.shape, value.dtype, value.data, field)
     if not value:
         raise invalid(field, "no frames")
-    return np.stack([decode_b64_png(v, f"{field}[{i}]", size) for i, v in enumerate(value)])
+    frames = [decode_b64_png(v, f"{field}[{i}]", size) for i, v in enumerate(value)]
+    h, w = frames[0].shape[:2]
+    for i, f in enumerate(frames):
+        if f.shape != frames[0].shape:
+            raise invalid(f"{field}[{i}]", f"image size {f.shape[1]}x{f.shape[0]}, frame 0 is {w}x{h}")
+    return np.stack(frames)
 
 
 def floats_in(value: list | Array, field: str, ndim: int) -> np.ndarray:

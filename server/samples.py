@@ -17,10 +17,15 @@ from server.errors import ApiError, invalid
 HELDOUT = Path(__file__).resolve().parents[1] / "data" / "heldout"
 
 
+def _manifest(folder: Path) -> dict:
+    if not (folder / "manifest.json").is_file():
+        raise ApiError(404, "no_sample_data", f"no held-out data at {folder} on this server", None)
+    return _read_manifest(folder)
+
+
 @functools.cache
-def _shards(folder: Path) -> list[str]:
-    """Shard paths of the manifest, in its order (episode i is the i-th)."""
-    return [shard["path"] for shard in json.loads((folder / "manifest.json").read_text())["shards"]]
+def _read_manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
 
 
 @functools.cache
@@ -29,14 +34,25 @@ def _frames(folder: Path, path: str) -> np.ndarray:
         return np.ascontiguousarray(z["frames"], dtype=np.uint8)
 
 
+def sample_episodes(image_size: int, folder: Path = HELDOUT) -> list[dict]:
+    """The held-out episodes, in manifest order: index (``episode`` of sample_frames), shard, task, policy, frames."""
+    manifest = _manifest(folder)
+    if manifest.get("image_size", image_size) != image_size:
+        raise ApiError(
+            404, "no_sample_data", f"held-out frames are {manifest['image_size']}px, the model takes {image_size}"
+        )
+    return [
+        {"episode": i, "source": s["path"], "task": s.get("task"), "policy": s.get("policy"), "frames": s["frames"]}
+        for i, s in enumerate(manifest["shards"])
+    ]
+
+
 def sample_frames(image_size: int, n: int, episode: int, start: int, folder: Path = HELDOUT) -> tuple[str, np.ndarray]:
     """``n`` frames from ``start`` of held-out episode ``episode``: (its shard path, uint8 [n, H, W, 3])."""
-    if not (folder / "manifest.json").is_file():
-        raise ApiError(404, "no_sample_data", f"no held-out data at {folder} on this server", None)
-    shards = _shards(folder)
+    shards = _manifest(folder)["shards"]  # episode i is the i-th
     if episode >= len(shards):
         raise invalid("episode", f"{episode}, there are {len(shards)} held-out episodes")
-    path = shards[episode]
+    path = shards[episode]["path"]
     frames = _frames(folder, path)
     if frames.shape[1] != image_size:
         raise ApiError(404, "no_sample_data", f"held-out frames are {frames.shape[1]}px, the model takes {image_size}")

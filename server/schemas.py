@@ -184,6 +184,63 @@ class SampleContext(BaseModel):
     start: int = Field(description="index of the first frame in that episode")
 
 
+class SampleEpisode(BaseModel):
+    episode: int = Field(description="the episode parameter of /v1/sample_context")
+    source: str = Field(description="its shard, relative to data/heldout/")
+    task: str | None
+    policy: str | None = Field(description="the policy that acted: expert, noisy or random")
+    frames: int = Field(description="frames in the episode (start + context frames <= this)")
+
+
+class SampleEpisodes(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "episodes": [
+                    {
+                        "episode": 0,
+                        "source": "reach-v3/ep00000.npz",
+                        "task": "reach-v3",
+                        "policy": "expert",
+                        "frames": 51,
+                    }
+                ]
+            }
+        }
+    )
+
+    episodes: list[SampleEpisode]
+
+
+class RenderGifRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "frames": [PNG_EXAMPLE, PNG_EXAMPLE, PNG_EXAMPLE],
+                "context_frames": 2,
+                "rewards": [0.12],
+                "fps": 4.0,
+                "scale": 4,
+            }
+        },
+    )
+
+    frames: list[str] | Array = Field(
+        description="context frames, then predicted frames: base64 PNGs (RGB, all one size, at most 512 pixels "
+        "a side) or a uint8 [n, H, W, 3] array"
+    )
+    context_frames: int = Field(0, ge=0, description="how many of the first frames are context ('context i/c')")
+    rewards: list[FiniteFloat | None] | None = Field(
+        None, description="one per predicted frame, drawn on its label ('t=k reward r'); null where unknown"
+    )
+    labels: list[Annotated[str, Field(max_length=100)]] | None = Field(
+        None, description="one label per frame, instead of the context / t=k / reward ones"
+    )
+    fps: FiniteFloat = Field(4.0, ge=0.5, le=50, description="frames per second of the animation")
+    scale: int = Field(4, ge=1, le=8, description="upscaling of every frame (nearest neighbour: sharp pixels)")
+
+
 class ErrorDetail(BaseModel):
     status: int
     code: str = Field(description="invalid_input, session_not_found, capacity, too_many_sessions, conflict, ...")

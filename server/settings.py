@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     max_imagine_sequences: int = Field(64, description="K of an imagine request")
     max_imagine_frames: int = Field(512, description="K x horizon of an imagine request")
     max_sessions_per_key: int = 64
+    max_gif_frames: int = Field(1024, ge=1, description="frames of a POST /v1/render/gif request")
 
     @cached_property
     def keys(self) -> dict[str, str]:

@@ -4,6 +4,8 @@ msgpack, async, gRPC unary, gRPC streaming rollout) gives the same numpy frames 
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import re
 from pathlib import Path
 
@@ -11,8 +13,9 @@ import httpx
 import msgpack
 import numpy as np
 import pytest
-from gateway_helpers import REPO, Gateway, actions, decode_png_b64, model_dir
+from gateway_helpers import REPO, Gateway, actions, decode_png_b64, model_dir, png_b64
 from ivideogpt_client import AsyncWorldModelClient, GrpcWorldModelClient, InvalidRequest, WorldModelClient
+from PIL import Image
 
 KEY = "sdk-key"
 SEED = 5
@@ -22,7 +25,11 @@ SEQS = np.float32(np.random.default_rng(3).uniform(-1, 1, (3, 2, 4)))  # imagine
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory):
-    env = {"IVIDEOGPT_MODEL_DIR": str(model_dir(tmp_path_factory.mktemp("model"))), "IVIDEOGPT_API_KEYS": KEY}
+    env = {
+        "IVIDEOGPT_MODEL_DIR": str(model_dir(tmp_path_factory.mktemp("model"))),
+        "IVIDEOGPT_API_KEYS": KEY,
+        "IVIDEOGPT_MAX_GIF_FRAMES": "12",
+    }
     g = Gateway(env, grpc=True, log=tmp_path_factory.mktemp("log") / "gateway.log")
     yield g
     g.stop()
@@ -35,8 +42,6 @@ def ctx(gw: Gateway) -> np.ndarray:
 
 
 def heldout_frames(episode: int) -> np.ndarray:
-    import json
-
     shard = json.loads((REPO / "data" / "heldout" / "manifest.json").read_text())["shards"][episode]["path"]
     return np.load(REPO / "data" / "heldout" / shard)["frames"]
 
@@ -74,6 +79,89 @@ def test_sample_context_route(gw: Gateway) -> None:
                 client.sample_context(**params)
             assert err.value.field == field and err.value.status == 422
     assert httpx.get(f"{gw.url}/v1/sample_context").status_code == 401
+
+
+def test_sample_episodes_route(gw: Gateway) -> None:
+    headers = {"X-API-Key": KEY}
+    episodes = httpx.get(f"{gw.url}/v1/sample_episodes", headers=headers).json()["episodes"]
+    manifest = json.loads((REPO / "data" / "heldout" / "manifest.json").read_text())["shards"]
+    assert len(episodes) == len(manifest) == 30
+    assert episodes[7] == {
+        "episode": 7,
+        "source": "push-v3/ep00002.npz",
+        "task": "push-v3",
+        "policy": "random",
+        "frames": 51,
+    }
+    for e in (episodes[0], episodes[29]):  # the index is what /v1/sample_context takes
+        ctx = httpx.get(f"{gw.url}/v1/sample_context", params={"episode": e["episode"]}, headers=headers).json()
+        assert ctx["source"] == e["source"]
+    assert httpx.get(f"{gw.url}/v1/sample_episodes").status_code == 401
+
+
+def test_render_gif_draws_labelled_frames(gw: Gateway, ctx: np.ndarray) -> None:
+    from server.video import render_gif, rollout_labels
+
+    frames = np.concatenate([ctx, np.roll(ctx, 7, axis=2)])  # 2 context + 2 "predicted"
+    rewards = np.float32([0.25, np.nan])
+    gifs = []
+    for transport in ("json", "msgpack"):
+        with WorldModelClient(gw.url, KEY, transport=transport) as client:
+            gifs.append(client.render_gif(frames, context_frames=2, rewards=rewards, fps=5, scale=3))
+
+    async def from_async() -> bytes:
+        async with AsyncWorldModelClient(gw.url, KEY) as client:
+            return await client.render_gif(frames, 2, rewards, fps=5, scale=3)
+
+    gifs.append(asyncio.run(from_async()))
+    labels = rollout_labels(2, 2, [0.25, None])
+    assert labels == ["context 1/2", "context 2/2", "t=1 reward 0.250", "t=2"]
+    assert gifs[0] == gifs[1] == gifs[2] == render_gif(frames, labels, fps=5, scale=3)  # the one writer
+    with Image.open(io.BytesIO(gifs[0])) as gif:
+        assert gif.n_frames == 4 and gif.size == (192, 192) and gif.info["duration"] == 200 and gif.info["loop"] == 0
+        gif.seek(2)
+        shown = np.asarray(gif.convert("RGB"))
+    small = shown[1::3, 1::3].astype(int)  # the centre of each 3x3 block: the 64x64 frame again
+    assert np.abs(small[8:] - frames[2][8:]).mean() < 8  # the picture, up to the GIF's palette
+    assert np.abs(small[:3] - frames[2][:3]).mean() > 40  # the label's dark band over the top rows
+
+    # the same with PNGs and own labels, as the playground sends them
+    body = {"frames": [png_b64(f) for f in frames[:3]], "labels": ["a", "b", "c"]}
+    r = httpx.post(f"{gw.url}/v1/render/gif", json=body, headers={"X-API-Key": KEY})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/gif"
+    assert r.content == render_gif(frames[:3], ["a", "b", "c"])
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({"labels": ["a"]}, "labels", "1 labels for 3 frames"),
+        ({"context_frames": 4}, "context_frames", "there are 3 frames"),
+        ({"context_frames": 1, "rewards": [0.1]}, "rewards", "1 rewards for 2 predicted frames"),
+        ({"rewards": [0.1, 0.2, None, 0.3]}, "rewards", "4 rewards for 3"),
+        ({"scale": 9}, "scale", "less than or equal to 8"),
+        ({"fps": 0}, "fps", "greater than or equal to 0.5"),
+        ({"frames": []}, "frames", "0 frames, 1..12"),
+        ({"frames": ["x"] * 13}, "frames", "13 frames, 1..12"),
+        ({"frames": ["bm90IGEgcG5n"]}, "frames[0]", "not a PNG"),
+        (
+            {"frames": [png_b64(np.zeros((8, 8, 3), np.uint8)), png_b64(np.zeros((8, 9, 3), np.uint8))]},
+            "frames[1]",
+            "9x8",
+        ),
+        ({"frames": [png_b64(np.zeros((600, 8, 3), np.uint8))]}, "frames[0]", "at most 512"),
+        ({"frames": {"shape": [2, 8, 8, 4], "dtype": "uint8", "data": ""}}, "frames.shape", "[n, H, W, 3]"),
+        ({"frames": {"shape": [1, 2, 2, 3], "dtype": "uint8", "data": "AAAA"}}, "frames.data", "bytes"),
+        ({"frames": {"shape": [1 << 40, 8, 8, 3], "dtype": "uint8", "data": ""}}, "frames", "1..12"),
+        ({"frames": [png_b64(np.zeros((512, 512, 3), np.uint8))] * 12, "scale": 8}, "scale", "pixels in all"),
+    ],
+)
+def test_render_gif_names_the_bad_field(gw: Gateway, body: dict, field: str, words: str) -> None:
+    frames = [png_b64(np.full((8, 8, 3), v, np.uint8)) for v in (0, 100, 200)]
+    r = httpx.post(f"{gw.url}/v1/render/gif", json={"frames": frames, **body}, headers={"X-API-Key": KEY})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["field"] == field and words in err["message"], err
 
 
 def test_readme_sdk_example(gw: Gateway) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from ivideogpt_client import WorldModelClient
-from ivideogpt_client.video import label, write_video
+from ivideogpt_client.video import write_video
 
 from training.collect_metaworld import Renderer
 
@@ -159,13 +159,14 @@ def table(task: str, stats: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def episode_gif(path: Path, ep: Episode, fps: float = 8.0) -> Path:
-    frames = [label(ep.frames[0], f"seed {ep.seed} reset", scale=4)]
+def episode_gif(client: WorldModelClient, path: Path, ep: Episode, fps: float = 8.0) -> Path:
+    """The real episode as a GIF, drawn by the gateway (POST /v1/render/gif) with our own labels."""
+    labels = [f"seed {ep.seed} reset"]
     total = 0.0
-    for t, (f, r) in enumerate(zip(ep.frames[1:], ep.rewards, strict=True)):
+    for t, r in enumerate(ep.rewards):
         total += r
-        frames.append(label(f, f"t={t + 1} r={r:.1f} sum={total:.0f}", scale=4))
-    return write_video(path, frames, fps=fps)
+        labels.append(f"t={t + 1} r={r:.1f} sum={total:.0f}")
+    return write_video(path, client.render_gif(np.stack(ep.frames), labels=labels, fps=fps, scale=4), fps)
 
 
 @contextlib.contextmanager
@@ -238,7 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
         a.json.write_text(json.dumps(result, indent=1) + "\n")
     planned = [e for e in episodes if e.policy == "cem"]
     if a.gif and planned:
-        episode_gif(a.gif, planned[0])
+        with WorldModelClient(a.url, api_key=a.api_key) as client:
+            episode_gif(client, a.gif, planned[0])
     return result
 
 

@@ -1,5 +1,5 @@
 """/v1/models: what a client must know to build requests (shapes, limits, sampling defaults);
-/v1/sample_context: held-out frames to open a first session on."""
+/v1/sample_context: held-out frames to open a first session on; /v1/sample_episodes: which there are."""
 
 from __future__ import annotations
 
@@ -10,11 +10,16 @@ from fastapi.responses import JSONResponse
 
 from server.auth import Caller
 from server.convert import frames_out
-from server.samples import sample_frames
-from server.schemas import ErrorBody, ModelInfo, ModelList, SampleContext
+from server.samples import sample_episodes, sample_frames
+from server.schemas import ErrorBody, ModelInfo, ModelList, SampleContext, SampleEpisodes
 from server.wire import msgpack_response, wants_msgpack
 
 router = APIRouter(prefix="/v1", tags=["models"])
+
+SAMPLE_ERRORS = {
+    401: {"model": ErrorBody, "description": "missing or unknown API key"},
+    404: {"model": ErrorBody, "description": "no held-out data of the model's image size on this server"},
+}
 
 
 @router.get("/models", response_model=ModelList, summary="The served model")
@@ -26,11 +31,7 @@ async def models(request: Request, _: Caller) -> ModelList:
     "/sample_context",
     response_model=SampleContext,
     summary="Held-out frames of the shipped data, to open a session on",
-    responses={
-        401: {"model": ErrorBody, "description": "missing or unknown API key"},
-        404: {"model": ErrorBody, "description": "no held-out data of the model's image size on this server"},
-        422: {"model": ErrorBody, "description": "episode or frame range out of bounds"},
-    },
+    responses={**SAMPLE_ERRORS, 422: {"model": ErrorBody, "description": "episode or frame range out of bounds"}},
 )
 async def sample_context(
     request: Request,
@@ -44,3 +45,14 @@ async def sample_context(
     binary = wants_msgpack(request)
     payload = {"frames": frames_out(x, binary), "source": source, "start": start}
     return msgpack_response(payload) if binary else JSONResponse(payload)
+
+
+@router.get(
+    "/sample_episodes",
+    response_model=SampleEpisodes,
+    summary="The held-out episodes /v1/sample_context takes frames from",
+    responses=SAMPLE_ERRORS,
+)
+async def sample_episodes_list(request: Request, _: Caller) -> SampleEpisodes:
+    info = request.app.state.service.model_info()
+    return SampleEpisodes(episodes=sample_episodes(info["image_size"]))

@@ -140,6 +140,18 @@ class AsyncWorldModelClient:
     async def session_from_id(self, session_id: str) -> AsyncSession:
         return AsyncSession(self, await self._send(self.rest.get(session_id)))
 
+    async def render_gif(
+        self,
+        frames: Any,
+        context_frames: int = 0,
+        rewards: Any = None,
+        labels: list[str] | None = None,
+        fps: float = 4.0,
+        scale: int = 4,
+    ) -> bytes:
+        """See ``WorldModelClient.render_gif``."""
+        return await self._send(self.rest.render_gif(frames, context_frames, rewards, labels, fps, scale))
+
     async def close(self) -> None:
         await self.http.aclose()
 

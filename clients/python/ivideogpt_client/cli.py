@@ -58,7 +58,7 @@ def load_actions(path: str) -> np.ndarray:
 
 
 def rollout(args: argparse.Namespace) -> int:
-    from ivideogpt_client.video import rollout_frames, write_video
+    from ivideogpt_client.video import write_video
 
     if Path(args.out).suffix.lower() not in (".gif", ".mp4"):
         raise ValueError(f"--out {args.out}: write a .gif or an .mp4")
@@ -84,8 +84,12 @@ def rollout(args: argparse.Namespace) -> int:
                 frames.append(f)
                 rewards.append(r if r is not None else np.full(len(f), np.nan, np.float32))
                 bar.update(len(f))
-    predicted, rewards_all = np.concatenate(frames), np.concatenate(rewards)
-    out = write_video(args.out, rollout_frames(context, predicted, rewards_all, args.scale), args.fps)
+        predicted, rewards_all = np.concatenate(frames), np.concatenate(rewards)
+        # the gateway draws the GIF: the same writer as the playground's download (POST /v1/render/gif)
+        gif = client.render_gif(
+            np.concatenate([context, predicted]), len(context), rewards_all, None, args.fps, args.scale
+        )
+    out = write_video(args.out, gif, args.fps)
     print(
         f"wrote {out}: {len(context)} context + {len(predicted)} predicted frames, mean reward {rewards_all.mean():.3f}"
     )

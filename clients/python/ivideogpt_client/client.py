@@ -135,6 +135,20 @@ class WorldModelClient:
         """Resume a session opened elsewhere (another process, a crash): its step index comes from the gateway."""
         return Session(self, self._send(self.rest.get(session_id)))
 
+    def render_gif(
+        self,
+        frames: Any,
+        context_frames: int = 0,
+        rewards: Any = None,
+        labels: list[str] | None = None,
+        fps: float = 4.0,
+        scale: int = 4,
+    ) -> bytes:
+        """A labelled animated GIF of ``frames`` (uint8 [n, H, W, 3]), drawn by the gateway: the first
+        ``context_frames`` labelled as context, the rest ``t=k`` with their ``rewards`` (NaN: none), or
+        your own ``labels`` (one per frame)."""
+        return self._send(self.rest.render_gif(frames, context_frames, rewards, labels, fps, scale))
+
     def close(self) -> None:
         self.http.close()
 

@@ -93,6 +93,17 @@ class Rest:
         body = {"action_sequences": self._floats(as_floats(action_sequences, 3)), "return_frames": return_frames}
         return Call("POST", f"/v1/sessions/{session_id}/imagine", body)  # the session is unchanged
 
+    def render_gif(
+        self, frames: Any, context_frames: int, rewards: Any, labels: list[str] | None, fps: float, scale: int
+    ) -> Call:
+        body: dict[str, Any] = {"frames": self._frames(as_frames(frames)), "context_frames": context_frames}
+        if rewards is not None:  # NaN: unknown (drawn without a reward)
+            body["rewards"] = [float(r) if np.isfinite(r) else None for r in np.asarray(rewards, np.float64).ravel()]
+        if labels is not None:
+            body["labels"] = list(labels)
+        body.update(fps=fps, scale=scale)
+        return Call("POST", "/v1/render/gif", body)  # the same body draws the same GIF
+
     # wire
     def request(self, call: Call) -> dict:
         """httpx ``request()`` keyword arguments for a call."""
@@ -110,8 +121,10 @@ class Rest:
 
     @staticmethod
     def answer(response: httpx.Response) -> Any:
-        """The decoded body of a 2xx answer; a typed ``WorldModelError`` for anything else."""
+        """The decoded body of a 2xx answer (bytes for an image); a typed ``WorldModelError`` for anything else."""
         ctype = response.headers.get("content-type", "").split(";")[0].strip()
+        if response.status_code < 400 and ctype.startswith("image/"):
+            return response.content
         body: Any = None
         if response.content:
             try:
