@@ -76,14 +76,15 @@ def test_sample_context_route(gw: Gateway) -> None:
     assert httpx.get(f"{gw.url}/v1/sample_context").status_code == 401
 
 
-def test_readme_sdk_example(gw: Gateway) -> None:
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Python SDK", 1)[1]
+@pytest.mark.parametrize("readme", ["README.md", "clients/python/README.md"])
+def test_readme_sdk_example(gw: Gateway, readme: str) -> None:
+    text = (REPO / readme).read_text()
+    section = text.split("## Python SDK", 1)[1] if "## Python SDK" in text else text
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     url = 'WorldModelClient("http://127.0.0.1:8000")'
     assert url in code
     scope: dict = {}
-    exec(code.replace(url, f'WorldModelClient("{gw.url}", api_key="{KEY}")'), scope)
+    exec(code.replace(url, f'WorldModelClient("{gw.url}", api_key="{KEY}")'), scope)  # as written: its own imports
     assert scope["frames"].shape == (4, 64, 64, 3) and scope["rewards"].shape == (4,)
 
 
