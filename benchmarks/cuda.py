@@ -1,6 +1,6 @@
 """The engine on a GPU: correctness against the CPU in the same process, then throughput.
 
-    python -m benchmarks.cuda [--device cuda] [--write BENCHMARKS.md]
+    python -m benchmarks.cuda [--device cuda] [--write docs/benchmarks-history.md]
 
 Checks what the CPU tests cannot: the engine (eager and on the exported TorchScript) runs on
 ``--device``, greedy rollouts there take the CPU's tokens, bf16 runs; then frames/s of one

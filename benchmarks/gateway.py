@@ -1,7 +1,7 @@
 """Gateway overhead: p50/p99 of a one-frame step over REST JSON, REST msgpack and gRPC against
 the in-process engine call, all in the same run.
 
-    python -m benchmarks.gateway [--steps N] [--model DIR] [--write BENCHMARKS.md]
+    python -m benchmarks.gateway [--steps N] [--model DIR] [--write docs/benchmarks-history.md]
 
 A gateway process (``python -m server``, in-memory registry, REST + gRPC on loopback) and an
 in-process engine on the same checkpoint; the four ways to step are interleaved round-robin, so

@@ -1,6 +1,6 @@
 """Rollout engine benchmarks: every figure against a baseline measured in the same run.
 
-    python -m benchmarks.rollout [--quick] [--dtype bf16] [--write BENCHMARKS.md]
+    python -m benchmarks.rollout [--quick] [--dtype bf16] [--write docs/benchmarks-history.md]
 
 Prints one ``name: value`` line per figure. Uses the ``oxe-64`` preset (138M transformer,
 114M tokenizer, random weights, 2 context frames, 16x16 context grid) unless a name says

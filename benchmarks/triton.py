@@ -1,6 +1,6 @@
 """A session's per-step latency through Triton (gRPC, ``ivideogpt_rollout``) vs the in-process engine.
 
-    python -m benchmarks.triton [--steps N] [--triton-url HOST:PORT] [--write BENCHMARKS.md]
+    python -m benchmarks.triton [--steps N] [--triton-url HOST:PORT] [--write docs/benchmarks-history.md]
 
 Both run the same exported files (``model_repository/``): a real tritonserver (started here
 on loopback unless ``--triton-url`` names one) and an in-process engine. One-frame steps with

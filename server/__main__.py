@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        ws="websockets",
+        ws="websockets-sansio",  # uvicorn's websockets implementation; the legacy one warns that it is deprecated
         ws_max_size=settings.max_body_bytes,  # the body limit holds for WebSocket messages too
     )
     return 0

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
 
 import httpx
 from fastapi import FastAPI, Request
@@ -25,6 +26,7 @@ from server.sessions import SessionService
 from server.settings import Settings
 
 log = logging.getLogger("server")
+VERSION = version("ivideogpt-serve")  # pyproject.toml's, the one version of the gateway
 
 DESCRIPTION = """Stateful rollout sessions of the iVideoGPT world model: open a session on context
 frames, send actions, get predicted frames and rewards back. JSON bodies carry frames as base64
@@ -68,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # default pool (cpu + 4 threads) would cap how many sessions step together
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(settings.worker_threads, "engine-call"))
         backend = await asyncio.to_thread(make_backend, settings)
+        log.info("ivideogpt-serve %s: model %s", VERSION, backend.describe())
         registry = make_registry(settings.redis_url, settings.redis_prefix)
         app.state.service = SessionService(settings, backend, registry, app.state.metrics)
         app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=2.0))
@@ -78,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from server.grpc_service import start_grpc
 
             grpc_server = await start_grpc(app.state.service, settings)
+        grpc = f"gRPC listening on {settings.host}:{settings.grpc_port}" if grpc_server else "gRPC off (--grpc-port)"
+        log.info("REST and WebSocket on http://%s:%d (API docs at /docs); %s", settings.host, settings.port, grpc)
         try:
             yield
         finally:
@@ -94,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="iVideoGPT world model gateway",
-        version="1.0.0",
+        version=VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url=None,  # server/routes/pages.py serves Swagger UI from vendored files instead of a CDN

@@ -21,10 +21,12 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
+from ivideogpt.config import count_parameters
 from ivideogpt.engine import EngineConfig, RolloutEngine, SessionHistory
 from ivideogpt.engine.engine import FrameResult, ImagineResult
 from ivideogpt.engine.errors import SessionNotFound
 from ivideogpt.frames import from_uint8_hwc
+from ivideogpt.model import WorldModel
 from ivideogpt.sampling import SamplingParams
 from ivideogpt.triton_client import TritonRolloutClient
 from server.settings import Settings
@@ -35,6 +37,7 @@ T = TypeVar("T")
 
 class Backend(Protocol):
     def model_info(self) -> dict: ...
+    def describe(self) -> str: ...
     def stats(self) -> dict: ...
     def open(self, context_frames: torch.Tensor, sampling: SamplingParams) -> str: ...
     def step_stream(self, session_id: str, actions: np.ndarray, return_frames: bool) -> Iterator[FrameResult]: ...
@@ -92,12 +95,23 @@ class LocalBackend:
             threads=settings.torch_threads or 0,
         )
         if settings.model_dir:  # a checkpoint, run eagerly (same tokens and frames as its export)
-            self.engine = RolloutEngine.from_checkpoint(resolve_model_dir(settings.model_dir), config)
+            path = resolve_model_dir(settings.model_dir)
+            self.engine, self.source = RolloutEngine.from_checkpoint(path, config), f"checkpoint {path}, eager"
         else:
-            self.engine = RolloutEngine.from_repository(resolve_model_repository(settings.model_repository), config)
+            path = resolve_model_repository(settings.model_repository)
+            self.engine, self.source = RolloutEngine.from_repository(path, config), f"{path}, TorchScript"
 
     def model_info(self) -> dict:
         return self.engine.model_info()
+
+    def describe(self) -> str:
+        with torch.device("meta"):  # the model's own count (MODEL_CARD.md), whichever form serves it
+            parameters = count_parameters(WorldModel(self.engine.cfg))
+        return (
+            f"{self.engine.cfg.name} ({parameters / 1e6:.1f}M parameters; {self.source}) in process on "
+            f"{self.engine.device}, {self.settings.dtype}, {self.engine.scheduler.threads} intra-op thread(s) "
+            "per engine thread"
+        )
 
     def stats(self) -> dict:
         return self.engine.stats()
@@ -188,6 +202,9 @@ class TritonBackend:
 
     def model_info(self) -> dict:
         return self.info
+
+    def describe(self) -> str:
+        return f"{self.info['name']}, sessions on Triton's {self.client.model_name} at {self.client.url}"
 
     def stats(self) -> dict:
         return self._run(self.client.stats(self._corrid()))

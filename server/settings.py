@@ -31,8 +31,8 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None,
         ge=1,
-        description="intra-op threads of each of the local engine's two threads (default: half the cores); "
-        "frames depend on it to the last bit, so replicas sharing sessions must agree",
+        description="intra-op threads of each of the local engine's two threads (default: by model size, "
+        "docs/SETTINGS.md); frames depend on it to the last bit, so replicas sharing sessions must agree",
     )
     worker_threads: int = Field(
         64, ge=1, description="requests in the engine at once (each waits in a thread; the engine batches them)"

@@ -34,6 +34,14 @@ def _ctype(value: str) -> str:
     return value.split(";")[0].strip().lower()
 
 
+def _is_json(ctype: str) -> bool:
+    return ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))
+
+
+def _has_body(request: Request) -> bool:
+    return request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+
+
 class WireRoute(APIRoute):
     """Routes that accept msgpack bodies as well as JSON (FastAPI's custom APIRoute pattern)."""
 
@@ -42,7 +50,18 @@ class WireRoute(APIRoute):
 
         async def route(request: Request) -> Response:
             scope = dict(request.scope)
-            if _ctype(request.headers.get("content-type", "")) in MSGPACK_TYPES:
+            ctype = _ctype(request.headers.get("content-type", ""))
+            if self.body_field is not None and _has_body(request) and not (_is_json(ctype) or ctype in MSGPACK_TYPES):
+                # FastAPI would take such a body as bytes and answer "Input should be a valid dictionary"
+                err = ApiError(
+                    415,
+                    "unsupported_media_type",
+                    f"send the body with Content-Type: application/json (or {MSGPACK}); "
+                    f"got {ctype or 'no Content-Type'}",
+                    "content-type",
+                )
+                return JSONResponse(err.body(), err.status)
+            if ctype in MSGPACK_TYPES:
                 headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
                 scope["headers"] = [*headers, (b"content-type", b"application/json")]
                 scope[WIRE_KEY] = "msgpack"

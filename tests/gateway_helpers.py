@@ -46,7 +46,14 @@ def free_port() -> int:
 class Gateway:
     """``python -m server`` in a subprocess; ``url`` once /readyz answers 200."""
 
-    def __init__(self, env: dict[str, str], grpc: bool = False, log: Path | None = None, ready: str = "/readyz"):
+    def __init__(
+        self,
+        env: dict[str, str],
+        grpc: bool = False,
+        log: Path | None = None,
+        ready: str = "/readyz",
+        log_level: str = "warning",
+    ):
         self.port = free_port()
         self.grpc_port = free_port() if grpc else None
         self.url = f"http://127.0.0.1:{self.port}"
@@ -59,7 +66,7 @@ class Gateway:
             "--port",
             str(self.port),
             "--log-level",
-            "warning",
+            log_level,
         ]
         if self.grpc_port:
             cmd += ["--grpc-port", str(self.grpc_port)]

@@ -20,7 +20,7 @@ from ivideogpt.tokenizer import CompressiveTokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-# tokenizer/config.json of the published 64x64 models (reference NOTES section 4.2)
+# tokenizer/config.json of the published 64x64 models (thuml/ivideogpt-*)
 OFFICIAL_TOKENIZER_CONFIG = {
     "_class_name": "CompressiveVQModel",
     "_diffusers_version": "0.25.0.dev0",

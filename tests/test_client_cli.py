@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import os
@@ -101,3 +102,35 @@ def test_errors_are_one_line(url: str, tmp_path: Path) -> None:
     np.save(tmp_path / "bad.npy", np.zeros((2, 3), np.float32))
     r = run("rollout", "--url", url, "--actions", str(tmp_path / "bad.npy"), "--out", "x.gif", cwd=tmp_path)
     assert r.returncode == 1 and "InvalidRequest: actions:" in r.stderr, r.stderr
+
+
+def test_every_option_says_what_it_does() -> None:
+    from ivideogpt_client.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, parser in commands.items():
+        if name == "serve":  # its flags are the gateway's own (python -m server --help)
+            continue
+        bare = [a.option_strings for a in parser._actions if a.option_strings and not a.help]
+        assert not bare, f"ivideogpt {name}: {bare} have no help"
+
+
+def test_no_gateway_gives_a_hint(capsys: pytest.CaptureFixture) -> None:
+    from ivideogpt_client.cli import main
+
+    assert main(["models", "--url", f"http://127.0.0.1:{free_port()}"]) == 1
+    err = capsys.readouterr().err
+    assert "ConnectError" in err and "hint:" in err and "`ivideogpt serve`" in err
+
+
+def test_mp4_without_the_extra_fails_before_the_rollout(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    from ivideogpt_client.cli import main
+
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # as if the [mp4] extra were not installed
+    # no gateway at this address: an error about the extra, not the connection, shows the check came first
+    assert main(["rollout", "--url", f"http://127.0.0.1:{free_port()}", "--out", str(tmp_path / "x.mp4")]) == 1
+    err = capsys.readouterr().err
+    assert "imageio-ffmpeg" in err and "ConnectError" not in err
+    assert not (tmp_path / "x.mp4").exists()

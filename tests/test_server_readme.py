@@ -1,11 +1,14 @@
-"""The README's curl example, run as written (only the port changes) against a real gateway."""
+"""What a newcomer meets first, on a real gateway: the README's curl example run as written (only
+the port changes), the start log, a body sent without a JSON content type; the settings' docs."""
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from gateway_helpers import REPO, Gateway, model_dir
@@ -15,7 +18,7 @@ from PIL import Image
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory):
     env = {"IVIDEOGPT_MODEL_DIR": str(model_dir(tmp_path_factory.mktemp("model")))}
-    g = Gateway(env, log=tmp_path_factory.mktemp("log") / "gateway.log")
+    g = Gateway(env, grpc=True, log=tmp_path_factory.mktemp("log") / "gateway.log", log_level="info")
     yield g
     g.stop()
 
@@ -31,16 +34,61 @@ def test_readme_curl_example(gw: Gateway, tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "step_index 2 rewards [" in r.stdout
-    for i in range(2):
-        frame = np.asarray(Image.open(tmp_path / f"frame{i}.png"))
-        assert frame.shape == (64, 64, 3)
     assert '"step_index":2' in r.stdout  # the GET after the step
+    assert not list(tmp_path.iterdir()), "the example left files in the working directory"
+    out = Path(re.search(r"predicted frames: (\S+)/frame0\.png", r.stdout).group(1))
+    try:
+        for i in range(2):
+            assert np.asarray(Image.open(out / f"frame{i}.png")).shape == (64, 64, 3)
+    finally:
+        shutil.rmtree(out)
 
 
-def test_readme_lists_every_setting() -> None:
+def test_start_log_names_the_model_and_the_addresses(gw: Gateway) -> None:
+    log = gw.log.read_text()
+    started = r"model tiny \(7\.9M parameters; checkpoint .*, eager\) in process on cpu, float32, \d+ intra-op"
+    assert re.search(started, log), log[:3000]
+    assert f"REST and WebSocket on http://127.0.0.1:{gw.port}" in log
+    assert f"gRPC listening on 127.0.0.1:{gw.grpc_port}" in log
+    assert "deprecat" not in log.lower(), log  # uvicorn's legacy websockets implementation warns at every start
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
+def test_a_body_without_json_content_type_says_so(gw: Gateway, content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = httpx.post(f"{gw.url}/v1/sessions", content=b'{"context_frames": []}', headers=headers)
+    assert r.status_code == 415, r.text
+    err = r.json()["error"]
+    assert err["code"] == "unsupported_media_type" and err["field"] == "content-type"
+    assert "Content-Type: application/json" in err["message"] and (content_type or "no Content-Type") in err["message"]
+    # with the header, the same body reaches validation (and its error names the field)
+    r = httpx.post(
+        f"{gw.url}/v1/sessions", content=b'{"context_frames": []}', headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 422 and r.json()["error"]["field"].startswith("context_frames")
+
+
+def _documented(value: object) -> str:
+    """A default as docs/SETTINGS.md writes it."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{int(value)}`"
+    if isinstance(value, float):
+        return f"`{value:g}`"
+    return f"`{value}`" if value != "" else "empty"
+
+
+def test_settings_doc_lists_every_setting_with_its_default() -> None:
     from server.settings import Settings
 
+    doc = (REPO / "docs" / "SETTINGS.md").read_text()
+    for name, field in Settings.model_fields.items():
+        var = f"IVIDEOGPT_{name.upper()}"
+        rows = [line for line in doc.splitlines() if line.startswith("|") and f"`{var}`" in line]
+        assert rows, f"docs/SETTINGS.md lacks {var}"
+        if field.default_factory is None:
+            default = rows[0].split("|")[2]
+            assert _documented(field.default) in default, f"{var}: default {field.default!r}, documented {default!r}"
     readme = (REPO / "README.md").read_text()
-    names = [f"IVIDEOGPT_{name.upper()}" for name in Settings.model_fields]
-    missing = [n for n in names if n not in readme]
-    assert not missing, f"README lacks {missing}"
+    assert "docs/SETTINGS.md" in readme

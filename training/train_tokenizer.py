@@ -1,6 +1,6 @@
 """Train the compressive tokenizer: ``python -m training.train_tokenizer``.
 
-Published recipe (NOTES 1.6): L1 reconstruction of the context and the future frames plus
+Published recipe (thuml/iVideoGPT's tokenizer training): L1 reconstruction of the context and the future frames plus
 the two codebooks' VQ losses; clips are c context frames and ``--n-future`` frames drawn at
 random from the rest of a ``--horizon`` window. Perceptual (LPIPS) and GAN losses exist
 behind flags and are off by default, as in the published 64x64 runs. One addition for short

@@ -1,6 +1,6 @@
 """Train the world-model transformer on a frozen tokenizer: ``python -m training.train_transformer``.
 
-Published recipe (NOTES 2.3-2.5, 5.2): next-token cross-entropy where the logits at position
+Published recipe (thuml/iVideoGPT's transformer training): next-token cross-entropy where the logits at position
 t predict token t + 1, with targets only after the prelude and the first sdf (labels -100
 for positions 0..P), so the model learns every future frame's tokens and every later sdf;
 plus reward MSE (weight 1.0) on symlog rewards read at each future frame's last token.

@@ -31,6 +31,7 @@ ERRORS = {
         404: "unknown session (or another key's)",
         409: "step_index conflict",
         413: "body too large",
+        415: "a body without Content-Type: application/json (or application/msgpack)",
         422: "invalid input: the error names the field",
         429: "limit or engine capacity reached: see Retry-After",
         503: "session registry (Redis) unavailable: see Retry-After",

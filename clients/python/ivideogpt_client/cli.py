@@ -15,14 +15,19 @@ import asyncio
 import json
 import os
 import sys
-from pathlib import Path
 
+import httpx
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from ivideogpt_client.client import DEFAULT_URL, WorldModelClient
 from ivideogpt_client.errors import WorldModelError
+
+NOT_RUNNING = (
+    "is the gateway running? Start one with `ivideogpt serve` (or the README's first command), "
+    "or point --url / $IVIDEOGPT_URL at yours"
+)
 
 
 def serve(argv: list[str]) -> int:
@@ -58,10 +63,9 @@ def load_actions(path: str) -> np.ndarray:
 
 
 def rollout(args: argparse.Namespace) -> int:
-    from ivideogpt_client.video import write_video
+    from ivideogpt_client.video import check_video_path, write_video
 
-    if Path(args.out).suffix.lower() not in (".gif", ".mp4"):
-        raise ValueError(f"--out {args.out}: write a .gif or an .mp4")
+    check_video_path(args.out)
     with WorldModelClient(args.url, args.api_key, args.transport, args.timeout) as client:
         info = client.model()
         context = load_context(args.context) if args.context else client.sample_context(episode=args.episode)
@@ -123,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="start the gateway (same flags as python -m server)", add_help=False)
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get("IVIDEOGPT_URL", DEFAULT_URL), help="the gateway")
+    common.add_argument(
+        "--url", default=os.environ.get("IVIDEOGPT_URL", DEFAULT_URL), help="the gateway (default: %(default)s)"
+    )
     common.add_argument("--api-key", default=os.environ.get("IVIDEOGPT_API_KEY"), help="when the gateway has keys")
-    common.add_argument("--transport", choices=("json", "msgpack"), default="json")
+    common.add_argument("--transport", choices=("json", "msgpack"), default="json", help="msgpack: raw arrays, no PNG")
     common.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -143,22 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actions", metavar="FILE", help=".npy or .csv [n, action_dim]; default: seeded random in [-1, 1]")
     p.add_argument("--steps", type=int, help="frames to predict (default: all --actions, else 16)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (and random actions' seed)")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--temperature", type=float, help="sampling temperature > 0 (default: the model's)")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens, 0: all (default: the model's)")
+    p.add_argument("--greedy", action="store_true", help="the most likely token at every position (no sampling)")
     p.add_argument("--chunk", type=int, default=4, help="actions per step request")
-    p.add_argument("--out", default="rollout.gif", help=".gif or .mp4")
-    p.add_argument("--fps", type=float, default=4.0)
+    p.add_argument("--out", default="rollout.gif", help=".gif or .mp4 (MP4 needs the [mp4] extra)")
+    p.add_argument("--fps", type=float, default=4.0, help="frames per second of the video (default: %(default)s)")
     p.add_argument("--scale", type=int, default=4, help="upscale factor of the 64x64 frames")
     p.set_defaults(func=rollout)
 
     p = sub.add_parser("bench", parents=[common], help="bounded load: p50/p99 latency and frames/s")
-    p.add_argument("--sessions", type=int, default=4, help="concurrent sessions")
+    p.add_argument("--sessions", type=int, default=4, help="sessions open at once (default: %(default)s)")
     p.add_argument("--steps", type=int, default=4, help="actions per step (and imagine horizon)")
     p.add_argument("--imagine", type=int, default=0, help="K: also imagine K sequences, every other request")
     p.add_argument("--requests", type=int, default=64, help="stop after this many requests")
     p.add_argument("--duration", type=float, default=60.0, help="or after this many seconds")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sessions' sampling and of the random actions")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=bench)
     return parser
@@ -173,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except WorldModelError as err:
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        if isinstance(err.__cause__, httpx.ConnectError):
+            print(f"hint: {NOT_RUNNING}", file=sys.stderr)
         return 1
     except (OSError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
