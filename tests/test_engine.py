@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from conftest import small_config
-from ivideogpt.engine import CapacityError, EngineConfig, InvalidInput, RolloutEngine, SessionNotFound
+from ivideogpt.engine import (
+    CapacityError,
+    EngineConfig,
+    EngineStopped,
+    InvalidInput,
+    RolloutEngine,
+    SessionNotFound,
+)
 from ivideogpt.engine.kv_cache import KVCachePool
 from ivideogpt.model import WorldModel
 from ivideogpt.sampling import SamplingParams
@@ -223,6 +230,33 @@ def test_step_stream_yields_frames_one_by_one(engine: RolloutEngine) -> None:
     stream.close()  # a consumer that stops early: the session finishes its step, then is free again
     assert len(engine.history(sid).steps) == 7
     assert engine.step(sid, actions(2, 1)).step_index == 8
+
+
+def test_shutdown_fails_work_in_flight_and_after_instead_of_leaving_it_waiting(model: WorldModel) -> None:
+    """A gateway shutting down may still have engine calls in flight: none may wait for ever."""
+    eng = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20))
+    sid = eng.open(context(0))
+    outcome: list[BaseException | None] = []
+    under_way = threading.Event()
+
+    def long_step() -> None:
+        try:
+            for _ in eng.step_stream(sid, actions(1, 64)):
+                under_way.set()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    stepping = threading.Thread(target=long_step)
+    stepping.start()
+    assert under_way.wait(30)
+    eng.shutdown()
+    stepping.join(10)
+    assert not stepping.is_alive() and isinstance(outcome[0], EngineStopped)
+    t0 = time.monotonic()
+    with pytest.raises(EngineStopped):
+        eng.open(context(1))
+    assert time.monotonic() - t0 < 1.0
 
 
 def test_both_engine_threads_run_at_the_configured_thread_count(model: WorldModel) -> None:

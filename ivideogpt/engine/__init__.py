@@ -2,13 +2,14 @@
 
 from ivideogpt.engine.config import EngineConfig
 from ivideogpt.engine.engine import RolloutEngine
-from ivideogpt.engine.errors import CapacityError, EngineError, InvalidInput, SessionNotFound
+from ivideogpt.engine.errors import CapacityError, EngineError, EngineStopped, InvalidInput, SessionNotFound
 from ivideogpt.engine.session import SessionHistory, StepRecord
 
 __all__ = [
     "CapacityError",
     "EngineConfig",
     "EngineError",
+    "EngineStopped",
     "InvalidInput",
     "RolloutEngine",
     "SessionHistory",

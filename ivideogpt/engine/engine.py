@@ -423,9 +423,12 @@ class RolloutEngine:
     def _after_pixels(self, pixels_pending: bool, fn: Callable[[], object]) -> None:
         """Run fn once every frame submitted so far has been decoded (at once if none were)."""
         if pixels_pending:
-            self._pixels.submit(fn)
-        else:
-            fn()
+            try:
+                self._pixels.submit(fn)
+                return
+            except RuntimeError:  # the pixel thread shut down: nothing more will be decoded
+                pass
+        fn()
 
     @torch.inference_mode()  # the pixel thread's own grad mode (it is per thread) would be on
     def _decode(self, decoder_features: list[torch.Tensor], raw_tokens: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,10 @@ class SessionNotFound(EngineError):
         self.session_id = session_id
 
 
+class EngineStopped(EngineError):
+    """The engine shut down before this request's work ran."""
+
+
 class CapacityError(EngineError):
     """The KV cache pool has no room; retry after ``retry_after`` seconds."""
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ivideogpt.engine.config import use_intra_op_threads
+from ivideogpt.engine.errors import EngineStopped
 from ivideogpt.engine.kv_cache import DecodeBatch, ForkGroup, KVCachePool, SessionRow
 from ivideogpt.engine.runner import ModelRunner
 from ivideogpt.sampling import SamplingParams, draw_uniforms, sample_tokens
@@ -59,6 +60,7 @@ class Scheduler:
         self._active: list[Job] = []
         self._wake = threading.Event()
         self._stop = False
+        self._ended = False  # the loop has ended: whatever arrives now fails at once
         self.batch_rows_last = 0
         self.batch_rows_peak = 0
         self.token_steps = 0  # running totals, for metrics
@@ -74,11 +76,15 @@ class Scheduler:
         fut: Future = Future()
         self._tasks.put((fn, fut))
         self._wake.set()
+        if self._ended:
+            self._fail_pending()
         return fut.result()
 
     def submit(self, job: Job) -> None:
         self._new_jobs.put(job)
         self._wake.set()
+        if self._ended:
+            self._fail_pending()
 
     def shutdown(self) -> None:
         self._stop = True
@@ -106,6 +112,26 @@ class Scheduler:
                 for job in self._active:
                     job.on_end(job, exc)
                 self._active = []
+        self._ended = True
+        self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        """After shutdown every job and task still waiting ends with ``EngineStopped``: nobody waits for ever."""
+        error = EngineStopped("the engine shut down")
+        jobs, self._active = self._active, []
+        while True:
+            try:
+                jobs.append(self._new_jobs.get_nowait())
+            except queue.Empty:
+                break
+        for job in jobs:
+            job.on_end(job, error)
+        while True:
+            try:
+                _, fut = self._tasks.get_nowait()
+            except queue.Empty:
+                return
+            fut.set_exception(error)
 
     def _run_tasks(self) -> None:
         while True:
