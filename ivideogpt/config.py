@@ -86,6 +86,10 @@ class TransformerConfig:
     attn_dropout: float = 0.0
     # 0 = action-free: no action projection at all (as the published act-free models)
     action_dim: int = 0
+    # the range every action element was trained on (Meta-World's normalised actions: [-1, 1]);
+    # the gateway refuses actions outside it. Configs saved before these fields get these defaults.
+    action_low: float = -1.0
+    action_high: float = 1.0
     reward_head: bool = False
 
     @property
@@ -99,6 +103,8 @@ class TransformerConfig:
             raise ValueError("head_dim must be even for rotary embeddings")
         if self.action_dim < 0:
             raise ValueError("action_dim must be >= 0")
+        if not self.action_low < self.action_high:
+            raise ValueError(f"action_low {self.action_low} must be below action_high {self.action_high}")
 
 
 @dataclass

@@ -144,6 +144,8 @@ class ModelInfo(BaseModel):
                 "image_size": 64,
                 "context_frames": 2,
                 "action_dim": 4,
+                "action_low": -1.0,
+                "action_high": 1.0,
                 "reward_head": True,
                 "tokens_per_context_frame": 64,
                 "tokens_per_frame": 16,
@@ -159,6 +161,8 @@ class ModelInfo(BaseModel):
     image_size: int
     context_frames: int
     action_dim: int
+    action_low: float = Field(description="lowest value of any action element (the model's training range)")
+    action_high: float = Field(description="highest value of any action element; outside the range: 422")
     reward_head: bool
     tokens_per_context_frame: int
     tokens_per_frame: int

@@ -66,6 +66,8 @@ class SessionService:
             "image_size": i["image_size"],
             "context_frames": i["context_frames"],
             "action_dim": i["action_dim"],
+            "action_low": i["action_low"],
+            "action_high": i["action_high"],
             "reward_head": i["reward_head"],
             "tokens_per_context_frame": i["tokens_per_context_frame"],
             "tokens_per_frame": i["tokens_per_frame"],
@@ -94,6 +96,7 @@ class SessionService:
             raise invalid(field, f"{a.shape[0]} actions, 1..{self.settings.max_horizon} per request")
         if not np.isfinite(a).all():
             raise invalid(field, "NaN or infinite values")
+        self._check_range(a, field)
         return np.ascontiguousarray(a)
 
     def check_sequences(self, seqs: np.ndarray, field: str = "action_sequences") -> np.ndarray:
@@ -109,7 +112,17 @@ class SessionService:
             raise invalid(field, f"K x horizon = {k * h} frames, at most {s.max_imagine_frames}")
         if not np.isfinite(a).all():
             raise invalid(field, "NaN or infinite values")
+        self._check_range(a, field)
         return np.ascontiguousarray(a)
+
+    def _check_range(self, a: np.ndarray, field: str) -> None:
+        """Actions the model never saw in training give frames nobody can trust: refuse them, naming the element."""
+        low, high = self.info["action_low"], self.info["action_high"]
+        outside = np.argwhere((a < low) | (a > high))
+        if len(outside):
+            at = tuple(int(i) for i in outside[0])
+            element = field + "".join(f"[{i}]" for i in at)
+            raise invalid(element, f"{float(a[at]):g} is outside the model's action range [{low:g}, {high:g}]")
 
     # operations
     async def create(self, key_id: str, frames: np.ndarray, sampling: dict) -> SessionRecord:

@@ -109,6 +109,8 @@ class RolloutEngine:
             "image_size": tok.resolution,
             "context_frames": tok.context_length,
             "action_dim": trm.action_dim,
+            "action_low": trm.action_low,
+            "action_high": trm.action_high,
             "reward_head": trm.reward_head,
             "tokens_per_context_frame": tok.context_tokens,
             "tokens_per_frame": tok.future_tokens,

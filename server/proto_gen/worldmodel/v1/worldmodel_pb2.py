@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/server/proto_gen/worldmodel/v1/worldmodel.proto\x12\rworldmodel.v1\"4\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x8e\x01\n\x08Sampling\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06greedy\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\t\n\x07_greedyB\x07\n\x05_seed\"\x11\n\x0fGetModelRequest\"\xae\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nimage_size\x18\x02 \x01(\x05\x12\x16\n\x0e\x63ontext_frames\x18\x03 \x01(\x05\x12\x12\n\naction_dim\x18\x04 \x01(\x05\x12\x13\n\x0breward_head\x18\x05 \x01(\x08\x12 \n\x18tokens_per_context_frame\x18\x06 \x01(\x05\x12\x18\n\x10tokens_per_frame\x18\x07 \x01(\x05\x12\x13\n\x0bmax_horizon\x18\x08 \x01(\x05\x12\x1d\n\x15max_imagine_sequences\x18\t \x01(\x05\x12\x1a\n\x12max_imagine_frames\x18\n \x01(\x05\x12\x32\n\x11sampling_defaults\x18\x0b \x01(\x0b\x32\x17.worldmodel.v1.Sampling\"\x85\x01\n\x14\x43reateSessionRequest\x12-\n\x0e\x63ontext_frames\x18\x01 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x13\n\x0b\x63ontext_png\x18\x02 \x03(\x0c\x12)\n\x08sampling\x18\x03 \x01(\x0b\x32\x17.worldmodel.v1.Sampling\"\x8d\x01\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nstep_index\x18\x03 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x01\x12\x0f\n\x07\x65xpires\x18\x05 \x01(\x01\x12)\n\x08sampling\x18\x06 \x01(\x0b\x32\x17.worldmodel.v1.Sampling\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteSessionResponse\"\x9f\x01\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x07\x61\x63tions\x18\x02 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x17\n\nstep_index\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x1a\n\rreturn_frames\x18\x04 \x01(\x08H\x01\x88\x01\x01\x42\r\n\x0b_step_indexB\x10\n\x0e_return_frames\"q\n\x0cStepResponse\x12%\n\x06\x66rames\x18\x01 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12&\n\x07rewards\x18\x02 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x12\n\nstep_index\x18\x03 \x01(\x03\"l\n\x0eImagineRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12/\n\x10\x61\x63tion_sequences\x18\x02 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x15\n\rreturn_frames\x18\x03 \x01(\x08\"`\n\x0fImagineResponse\x12&\n\x07rewards\x18\x01 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12%\n\x06\x66rames\x18\x02 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\"\xa2\x01\n\x0eRolloutRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x07\x61\x63tions\x18\x02 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x17\n\nstep_index\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x1a\n\rreturn_frames\x18\x04 \x01(\x08H\x01\x88\x01\x01\x42\r\n\x0b_step_indexB\x10\n\x0e_return_frames\"a\n\x05\x46rame\x12\x12\n\nstep_index\x18\x01 \x01(\x03\x12$\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x13\n\x06reward\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\t\n\x07_reward\"\x1a\n\x04\x44one\x12\x12\n\nstep_index\x18\x01 \x01(\x03\"E\n\x05\x45rror\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x8c\x01\n\x0fRolloutResponse\x12%\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x14.worldmodel.v1.FrameH\x00\x12#\n\x04\x64one\x18\x02 \x01(\x0b\x32\x13.worldmodel.v1.DoneH\x00\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x14.worldmodel.v1.ErrorH\x00\x42\x06\n\x04kind2\x9d\x04\n\nWorldModel\x12\x44\n\x08GetModel\x12\x1e.worldmodel.v1.GetModelRequest\x1a\x18.worldmodel.v1.ModelInfo\x12L\n\rCreateSession\x12#.worldmodel.v1.CreateSessionRequest\x1a\x16.worldmodel.v1.Session\x12\x46\n\nGetSession\x12 .worldmodel.v1.GetSessionRequest\x1a\x16.worldmodel.v1.Session\x12Z\n\rDeleteSession\x12#.worldmodel.v1.DeleteSessionRequest\x1a$.worldmodel.v1.DeleteSessionResponse\x12?\n\x04Step\x12\x1a.worldmodel.v1.StepRequest\x1a\x1b.worldmodel.v1.StepResponse\x12H\n\x07Imagine\x12\x1d.worldmodel.v1.ImagineRequest\x1a\x1e.worldmodel.v1.ImagineResponse\x12L\n\x07Rollout\x12\x1d.worldmodel.v1.RolloutRequest\x1a\x1e.worldmodel.v1.RolloutResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/server/proto_gen/worldmodel/v1/worldmodel.proto\x12\rworldmodel.v1\"4\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x8e\x01\n\x08Sampling\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06greedy\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\t\n\x07_greedyB\x07\n\x05_seed\"\x11\n\x0fGetModelRequest\"\xd7\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nimage_size\x18\x02 \x01(\x05\x12\x16\n\x0e\x63ontext_frames\x18\x03 \x01(\x05\x12\x12\n\naction_dim\x18\x04 \x01(\x05\x12\x13\n\x0breward_head\x18\x05 \x01(\x08\x12 \n\x18tokens_per_context_frame\x18\x06 \x01(\x05\x12\x18\n\x10tokens_per_frame\x18\x07 \x01(\x05\x12\x13\n\x0bmax_horizon\x18\x08 \x01(\x05\x12\x1d\n\x15max_imagine_sequences\x18\t \x01(\x05\x12\x1a\n\x12max_imagine_frames\x18\n \x01(\x05\x12\x32\n\x11sampling_defaults\x18\x0b \x01(\x0b\x32\x17.worldmodel.v1.Sampling\x12\x12\n\naction_low\x18\x0c \x01(\x02\x12\x13\n\x0b\x61\x63tion_high\x18\r \x01(\x02\"\x85\x01\n\x14\x43reateSessionRequest\x12-\n\x0e\x63ontext_frames\x18\x01 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x13\n\x0b\x63ontext_png\x18\x02 \x03(\x0c\x12)\n\x08sampling\x18\x03 \x01(\x0b\x32\x17.worldmodel.v1.Sampling\"\x8d\x01\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nstep_index\x18\x03 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x01\x12\x0f\n\x07\x65xpires\x18\x05 \x01(\x01\x12)\n\x08sampling\x18\x06 \x01(\x0b\x32\x17.worldmodel.v1.Sampling\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteSessionResponse\"\x9f\x01\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x07\x61\x63tions\x18\x02 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x17\n\nstep_index\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x1a\n\rreturn_frames\x18\x04 \x01(\x08H\x01\x88\x01\x01\x42\r\n\x0b_step_indexB\x10\n\x0e_return_frames\"q\n\x0cStepResponse\x12%\n\x06\x66rames\x18\x01 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12&\n\x07rewards\x18\x02 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x12\n\nstep_index\x18\x03 \x01(\x03\"l\n\x0eImagineRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12/\n\x10\x61\x63tion_sequences\x18\x02 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x15\n\rreturn_frames\x18\x03 \x01(\x08\"`\n\x0fImagineResponse\x12&\n\x07rewards\x18\x01 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12%\n\x06\x66rames\x18\x02 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\"\xa2\x01\n\x0eRolloutRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x07\x61\x63tions\x18\x02 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x17\n\nstep_index\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x1a\n\rreturn_frames\x18\x04 \x01(\x08H\x01\x88\x01\x01\x42\r\n\x0b_step_indexB\x10\n\x0e_return_frames\"a\n\x05\x46rame\x12\x12\n\nstep_index\x18\x01 \x01(\x03\x12$\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x13\n\x06reward\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\t\n\x07_reward\"\x1a\n\x04\x44one\x12\x12\n\nstep_index\x18\x01 \x01(\x03\"E\n\x05\x45rror\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x8c\x01\n\x0fRolloutResponse\x12%\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x14.worldmodel.v1.FrameH\x00\x12#\n\x04\x64one\x18\x02 \x01(\x0b\x32\x13.worldmodel.v1.DoneH\x00\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x14.worldmodel.v1.ErrorH\x00\x42\x06\n\x04kind2\x9d\x04\n\nWorldModel\x12\x44\n\x08GetModel\x12\x1e.worldmodel.v1.GetModelRequest\x1a\x18.worldmodel.v1.ModelInfo\x12L\n\rCreateSession\x12#.worldmodel.v1.CreateSessionRequest\x1a\x16.worldmodel.v1.Session\x12\x46\n\nGetSession\x12 .worldmodel.v1.GetSessionRequest\x1a\x16.worldmodel.v1.Session\x12Z\n\rDeleteSession\x12#.worldmodel.v1.DeleteSessionRequest\x1a$.worldmodel.v1.DeleteSessionResponse\x12?\n\x04Step\x12\x1a.worldmodel.v1.StepRequest\x1a\x1b.worldmodel.v1.StepResponse\x12H\n\x07Imagine\x12\x1d.worldmodel.v1.ImagineRequest\x1a\x1e.worldmodel.v1.ImagineResponse\x12L\n\x07Rollout\x12\x1d.worldmodel.v1.RolloutRequest\x1a\x1e.worldmodel.v1.RolloutResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,35 +38,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELREQUEST']._serialized_start=265
   _globals['_GETMODELREQUEST']._serialized_end=282
   _globals['_MODELINFO']._serialized_start=285
-  _globals['_MODELINFO']._serialized_end=587
-  _globals['_CREATESESSIONREQUEST']._serialized_start=590
-  _globals['_CREATESESSIONREQUEST']._serialized_end=723
-  _globals['_SESSION']._serialized_start=726
-  _globals['_SESSION']._serialized_end=867
-  _globals['_GETSESSIONREQUEST']._serialized_start=869
-  _globals['_GETSESSIONREQUEST']._serialized_end=908
-  _globals['_DELETESESSIONREQUEST']._serialized_start=910
-  _globals['_DELETESESSIONREQUEST']._serialized_end=952
-  _globals['_DELETESESSIONRESPONSE']._serialized_start=954
-  _globals['_DELETESESSIONRESPONSE']._serialized_end=977
-  _globals['_STEPREQUEST']._serialized_start=980
-  _globals['_STEPREQUEST']._serialized_end=1139
-  _globals['_STEPRESPONSE']._serialized_start=1141
-  _globals['_STEPRESPONSE']._serialized_end=1254
-  _globals['_IMAGINEREQUEST']._serialized_start=1256
-  _globals['_IMAGINEREQUEST']._serialized_end=1364
-  _globals['_IMAGINERESPONSE']._serialized_start=1366
-  _globals['_IMAGINERESPONSE']._serialized_end=1462
-  _globals['_ROLLOUTREQUEST']._serialized_start=1465
-  _globals['_ROLLOUTREQUEST']._serialized_end=1627
-  _globals['_FRAME']._serialized_start=1629
-  _globals['_FRAME']._serialized_end=1726
-  _globals['_DONE']._serialized_start=1728
-  _globals['_DONE']._serialized_end=1754
-  _globals['_ERROR']._serialized_start=1756
-  _globals['_ERROR']._serialized_end=1825
-  _globals['_ROLLOUTRESPONSE']._serialized_start=1828
-  _globals['_ROLLOUTRESPONSE']._serialized_end=1968
-  _globals['_WORLDMODEL']._serialized_start=1971
-  _globals['_WORLDMODEL']._serialized_end=2512
+  _globals['_MODELINFO']._serialized_end=628
+  _globals['_CREATESESSIONREQUEST']._serialized_start=631
+  _globals['_CREATESESSIONREQUEST']._serialized_end=764
+  _globals['_SESSION']._serialized_start=767
+  _globals['_SESSION']._serialized_end=908
+  _globals['_GETSESSIONREQUEST']._serialized_start=910
+  _globals['_GETSESSIONREQUEST']._serialized_end=949
+  _globals['_DELETESESSIONREQUEST']._serialized_start=951
+  _globals['_DELETESESSIONREQUEST']._serialized_end=993
+  _globals['_DELETESESSIONRESPONSE']._serialized_start=995
+  _globals['_DELETESESSIONRESPONSE']._serialized_end=1018
+  _globals['_STEPREQUEST']._serialized_start=1021
+  _globals['_STEPREQUEST']._serialized_end=1180
+  _globals['_STEPRESPONSE']._serialized_start=1182
+  _globals['_STEPRESPONSE']._serialized_end=1295
+  _globals['_IMAGINEREQUEST']._serialized_start=1297
+  _globals['_IMAGINEREQUEST']._serialized_end=1405
+  _globals['_IMAGINERESPONSE']._serialized_start=1407
+  _globals['_IMAGINERESPONSE']._serialized_end=1503
+  _globals['_ROLLOUTREQUEST']._serialized_start=1506
+  _globals['_ROLLOUTREQUEST']._serialized_end=1668
+  _globals['_FRAME']._serialized_start=1670
+  _globals['_FRAME']._serialized_end=1767
+  _globals['_DONE']._serialized_start=1769
+  _globals['_DONE']._serialized_end=1795
+  _globals['_ERROR']._serialized_start=1797
+  _globals['_ERROR']._serialized_end=1866
+  _globals['_ROLLOUTRESPONSE']._serialized_start=1869
+  _globals['_ROLLOUTRESPONSE']._serialized_end=2009
+  _globals['_WORLDMODEL']._serialized_start=2012
+  _globals['_WORLDMODEL']._serialized_end=2553
 # @@protoc_insertion_point(module_scope)

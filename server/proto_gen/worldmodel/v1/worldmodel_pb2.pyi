@@ -33,7 +33,7 @@ class GetModelRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "image_size", "context_frames", "action_dim", "reward_head", "tokens_per_context_frame", "tokens_per_frame", "max_horizon", "max_imagine_sequences", "max_imagine_frames", "sampling_defaults")
+    __slots__ = ("name", "image_size", "context_frames", "action_dim", "reward_head", "tokens_per_context_frame", "tokens_per_frame", "max_horizon", "max_imagine_sequences", "max_imagine_frames", "sampling_defaults", "action_low", "action_high")
     NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,8 @@ class ModelInfo(_message.Message):
     MAX_IMAGINE_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGINE_FRAMES_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_DEFAULTS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_LOW_FIELD_NUMBER: _ClassVar[int]
+    ACTION_HIGH_FIELD_NUMBER: _ClassVar[int]
     name: str
     image_size: int
     context_frames: int
@@ -56,7 +58,9 @@ class ModelInfo(_message.Message):
     max_imagine_sequences: int
     max_imagine_frames: int
     sampling_defaults: Sampling
-    def __init__(self, name: _Optional[str] = ..., image_size: _Optional[int] = ..., context_frames: _Optional[int] = ..., action_dim: _Optional[int] = ..., reward_head: _Optional[bool] = ..., tokens_per_context_frame: _Optional[int] = ..., tokens_per_frame: _Optional[int] = ..., max_horizon: _Optional[int] = ..., max_imagine_sequences: _Optional[int] = ..., max_imagine_frames: _Optional[int] = ..., sampling_defaults: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
+    action_low: float
+    action_high: float
+    def __init__(self, name: _Optional[str] = ..., image_size: _Optional[int] = ..., context_frames: _Optional[int] = ..., action_dim: _Optional[int] = ..., reward_head: _Optional[bool] = ..., tokens_per_context_frame: _Optional[int] = ..., tokens_per_frame: _Optional[int] = ..., max_horizon: _Optional[int] = ..., max_imagine_sequences: _Optional[int] = ..., max_imagine_frames: _Optional[int] = ..., sampling_defaults: _Optional[_Union[Sampling, _Mapping]] = ..., action_low: _Optional[float] = ..., action_high: _Optional[float] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
     __slots__ = ("context_frames", "context_png", "sampling")
