@@ -11,6 +11,7 @@ import uvicorn
 from server.app import create_app
 from server.backend import resolve_model_dir, resolve_model_repository
 from server.settings import Settings
+from server.shutdown import GracefulServer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         ws="websockets-sansio",  # uvicorn's websockets implementation; the legacy one warns that it is deprecated
         ws_max_size=settings.max_body_bytes,  # the body limit holds for WebSocket messages too
     )
+    GracefulServer(config, app, settings.drain_s).run()  # SIGTERM drains (server/shutdown.py)
     return 0
 
 

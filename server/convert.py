@@ -14,7 +14,7 @@ def frames_in(value: list[str] | Array, field: str, size: int | None) -> np.ndar
     if isinstance(value, Array):
         if value.dtype != "uint8":
             raise invalid(f"{field}.dtype", f"{value.dtype}, frames are uint8")
-        return array_from(value.shape, value.dtype, value.data, field)
+        return array_from(value.shape, value.dtype, value.data, field, 4)
     if not value:
         raise invalid(field, "no frames")
     frames = [decode_b64_png(v, f"{field}[{i}]", size) for i, v in enumerate(value)]
@@ -29,7 +29,7 @@ def floats_in(value: list | Array, field: str, ndim: int) -> np.ndarray:
     if isinstance(value, Array):
         if value.dtype != "float32":
             raise invalid(f"{field}.dtype", f"{value.dtype}, actions are float32")
-        x = array_from(value.shape, value.dtype, value.data, field)
+        x = array_from(value.shape, value.dtype, value.data, field, ndim)
     else:
         try:
             x = np.array(value, dtype=np.float32)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 
-from ivideogpt.engine import CapacityError, InvalidInput, SessionNotFound
+from redis.exceptions import RedisError
+
+from ivideogpt.engine import CapacityError, EngineStopped, InvalidInput, SessionNotFound
+from server.registry import RegistryBusy
 
 
 class ApiError(Exception):
@@ -34,6 +37,30 @@ def not_found(session_id: str) -> ApiError:
     return ApiError(404, "session_not_found", f"unknown session {session_id!r}", "session_id")
 
 
+def overloaded(message: str, retry_after: float) -> ApiError:
+    return ApiError(429, "overloaded", message, None, max(1.0, retry_after))
+
+
+def shutting_down() -> ApiError:
+    return ApiError(503, "shutting_down", "this replica is shutting down: retry (another replica serves it)", None, 1.0)
+
+
+def from_registry(exc: RedisError) -> ApiError:
+    """Every Redis connection busy is overload (429); anything else from Redis means it is unreachable (503)."""
+    if isinstance(exc, RegistryBusy):
+        return overloaded("every Redis connection of this replica is busy", 1.0)
+    return ApiError(503, "registry_unavailable", f"session registry unavailable ({exc.__class__.__name__})", None, 1.0)
+
+
+def as_api_error(exc: Exception) -> ApiError:
+    """What a transport answers for an error raised by the session service (anything else is a bug: re-raised)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, RedisError):
+        return from_registry(exc)
+    raise exc
+
+
 def from_engine(exc: Exception) -> ApiError:
     """Typed engine errors -> API errors (anything else is a bug and stays a 500)."""
     if isinstance(exc, ApiError):
@@ -44,6 +71,8 @@ def from_engine(exc: Exception) -> ApiError:
         return ApiError(429, "capacity", str(exc), None, max(1.0, exc.retry_after))
     if isinstance(exc, InvalidInput):
         return invalid(exc.field, str(exc).split(": ", 1)[-1])
+    if isinstance(exc, EngineStopped):
+        return shutting_down()
     raise exc
 
 
@@ -66,5 +95,9 @@ def _field(loc: tuple) -> str:
 def validation_api_error(errors: list) -> ApiError:
     """Pydantic errors -> one 422 naming the field; with a union (PNG list | raw array) the deepest
     error is the one about the caller's input."""
+    for e in errors:
+        if e.get("type") == "json_invalid":  # its loc is a byte offset, not a field
+            reason = e.get("ctx", {}).get("error", e.get("msg", ""))
+            return ApiError(400, "invalid_body", f"not JSON ({reason} at byte {e['loc'][-1]})", "body")
     err = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {"loc": (), "msg": "invalid"}
     return invalid(_field(tuple(err.get("loc", ()))), err.get("msg", "invalid"))

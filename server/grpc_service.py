@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
+from redis.exceptions import RedisError
 
 from server.auth import check_key
 from server.codec import array_from, array_payload, decode_png
-from server.errors import ApiError
+from server.errors import ApiError, as_api_error
 from server.proto_gen.worldmodel.v1 import worldmodel_pb2 as pb
 from server.proto_gen.worldmodel.v1 import worldmodel_pb2_grpc as pb_grpc
 from server.registry import SessionRecord
@@ -25,13 +28,17 @@ STATUS = {
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     422: grpc.StatusCode.INVALID_ARGUMENT,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+# what a handler answers with a status (anything else is a bug: UNKNOWN)
+SERVICE_ERRORS = (ApiError, RedisError)
 
 
-def tensor_in(t: pb.Tensor, field: str) -> np.ndarray:
+def tensor_in(t: pb.Tensor, field: str, ndim: int) -> np.ndarray:
     if not t.dtype and not t.shape:
         raise ApiError(422, "invalid_input", "missing", field)
-    return array_from(list(t.shape), t.dtype, t.data, field)
+    return array_from(list(t.shape), t.dtype, t.data, field, ndim)
 
 
 def tensor_out(x: np.ndarray | None) -> pb.Tensor | None:
@@ -63,7 +70,8 @@ class WorldModelService(pb_grpc.WorldModelServicer):
         return check_key(self.settings, key)
 
     @staticmethod
-    async def _abort(context: grpc.aio.ServicerContext, err: ApiError) -> None:
+    async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+        err = as_api_error(exc)
         trailing = [("error-field", err.field or ""), ("error-code", err.code)]
         if err.retry_after is not None:
             trailing.append(("retry-after", str(int(np.ceil(err.retry_after)))))
@@ -86,7 +94,7 @@ class WorldModelService(pb_grpc.WorldModelServicer):
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
         try:
             self._key(context)
-        except ApiError as err:
+        except SERVICE_ERRORS as err:
             await self._abort(context, err)
         info = dict(self.svc.model_info())
         info["sampling_defaults"] = pb.Sampling(**info["sampling_defaults"])
@@ -99,17 +107,17 @@ class WorldModelService(pb_grpc.WorldModelServicer):
             if request.context_png:
                 frames = np.stack([decode_png(p, f"context_png[{i}]", size) for i, p in enumerate(request.context_png)])
             else:
-                frames = tensor_in(request.context_frames, "context_frames")
+                frames = tensor_in(request.context_frames, "context_frames", 4)
             rec = await self.svc.create(key, frames, self._sampling(request.sampling))
             return session_msg(rec, 0)
-        except ApiError as err:
+        except SERVICE_ERRORS as err:
             await self._abort(context, err)
 
     async def GetSession(self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext) -> pb.Session:
         try:
             rec, n = await self.svc.get(self._key(context), request.session_id)
             return session_msg(rec, n)
-        except ApiError as err:
+        except SERVICE_ERRORS as err:
             await self._abort(context, err)
 
     async def DeleteSession(
@@ -118,29 +126,29 @@ class WorldModelService(pb_grpc.WorldModelServicer):
         try:
             await self.svc.delete(self._key(context), request.session_id)
             return pb.DeleteSessionResponse()
-        except ApiError as err:
+        except SERVICE_ERRORS as err:
             await self._abort(context, err)
 
     async def Step(self, request: pb.StepRequest, context: grpc.aio.ServicerContext) -> pb.StepResponse:
         try:
             key = self._key(context)
-            actions = tensor_in(request.actions, "actions")
+            actions = tensor_in(request.actions, "actions", 2)
             step_index = request.step_index if request.HasField("step_index") else None
             want = request.return_frames if request.HasField("return_frames") else True
             out = await self.svc.step(key, request.session_id, actions, step_index, want, transport="grpc")
             return pb.StepResponse(
                 frames=tensor_out(out.frames), rewards=tensor_out(out.rewards), step_index=out.step_index
             )
-        except ApiError as err:
+        except SERVICE_ERRORS as err:
             await self._abort(context, err)
 
     async def Imagine(self, request: pb.ImagineRequest, context: grpc.aio.ServicerContext) -> pb.ImagineResponse:
         try:
             key = self._key(context)
-            seqs = tensor_in(request.action_sequences, "action_sequences")
+            seqs = tensor_in(request.action_sequences, "action_sequences", 3)
             out = await self.svc.imagine(key, request.session_id, seqs, request.return_frames)
             return pb.ImagineResponse(rewards=tensor_out(out.rewards), frames=tensor_out(out.frames))
-        except ApiError as err:
+        except SERVICE_ERRORS as err:
             await self._abort(context, err)
 
     async def Rollout(
@@ -148,7 +156,7 @@ class WorldModelService(pb_grpc.WorldModelServicer):
     ) -> AsyncIterator[pb.RolloutResponse]:
         try:
             key = self._key(context)
-        except ApiError as err:
+        except SERVICE_ERRORS as err:
             await self._abort(context, err)
             return
         session_id = ""
@@ -157,12 +165,15 @@ class WorldModelService(pb_grpc.WorldModelServicer):
             try:
                 if not session_id:
                     raise ApiError(422, "invalid_input", "required on the first message", "session_id")
-                actions = tensor_in(request.actions, "actions")
+                actions = tensor_in(request.actions, "actions", 2)
                 step_index = request.step_index if request.HasField("step_index") else None
                 want = request.return_frames if request.HasField("return_frames") else True
                 async for msg in self._stream_step(key, session_id, actions, step_index, want):
                     yield msg
-            except ApiError as err:
+            except SERVICE_ERRORS as exc:
+                err = as_api_error(exc)
+                if err.status == 503:  # Redis down or shutting down: end the stream, the client comes back later
+                    await self._abort(context, err)
                 e = pb.Error(status=err.status, code=err.code, field=err.field or "", message=err.message)
                 yield pb.RolloutResponse(error=e)
 
@@ -186,12 +197,61 @@ class WorldModelService(pb_grpc.WorldModelServicer):
         yield pb.RolloutResponse(done=pb.Done(step_index=out.step_index))
 
 
+class _Undecodable:
+    def __init__(self, error: DecodeError):
+        self.error = ApiError(400, "invalid_body", f"not a protobuf message of this call ({error})", "body")
+
+
+class InvalidBodies(grpc.aio.ServerInterceptor):
+    """Bytes that do not decode as the call's message: INVALID_ARGUMENT naming ``body``, as on REST and the
+    WebSocket (grpc itself would answer UNKNOWN)."""
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        decode = handler.request_deserializer
+
+        def tolerant(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except DecodeError as exc:
+                return _Undecodable(exc)
+
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def checked_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    await WorldModelService._abort(context, request.error)
+                return await unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(checked_unary, tolerant, handler.response_serializer)
+        if handler.stream_stream is not None:
+            stream = handler.stream_stream
+
+            async def checked_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                async def decoded() -> AsyncIterator[Any]:
+                    async for request in requests:
+                        if isinstance(request, _Undecodable):
+                            await WorldModelService._abort(context, request.error)
+                        yield request
+
+                async for reply in stream(decoded(), context):
+                    yield reply
+
+            return grpc.stream_stream_rpc_method_handler(checked_stream, tolerant, handler.response_serializer)
+        return handler
+
+
 async def start_grpc(service: SessionService, settings: Settings) -> grpc.aio.Server:
     options = [
         ("grpc.max_receive_message_length", settings.max_body_bytes),
         ("grpc.max_send_message_length", 256 << 20),
     ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, interceptors=[InvalidBodies()])
     pb_grpc.add_WorldModelServicer_to_server(WorldModelService(service, settings), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     if port == 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -59,5 +59,17 @@ class Metrics:
         )
         self.forwarded = Counter(
             "ivideogpt_forwarded_requests", "requests sent on to the replica holding the session", registry=r
+        )
+        self.admission_running = Gauge(
+            "ivideogpt_admission_running_frames", "frames admitted into the engine (admission control)", registry=r
+        )
+        self.admission_queued = Gauge(
+            "ivideogpt_admission_queued_frames", "frames waiting for the engine (admission queue depth)", registry=r
+        )
+        self.admission_rejections = Counter(
+            "ivideogpt_admission_rejections",
+            "requests refused with 429 overloaded (reason: queue_full, timeout)",
+            ["reason"],
+            registry=r,
         )
         r.register(EngineCollector(stats))

@@ -4,7 +4,12 @@ Per session: a record (owner key, model, sampling, created, expiry, last owner r
 history the engine needs to rebuild it (context token ids; per step action, 16 token ids,
 reward; re-anchor indices), the last step's result (for idempotent retries) and a lease (the
 replica serving it right now). Every key expires with the session. History appends are fenced
-by the lease and by the expected step count, so two replicas can never both extend a session.
+by the lease and by the expected step and re-anchor counts, so two replicas can never both
+extend a session, and an append that is retried (a reply lost) is never applied twice.
+
+Every Redis call is bounded: a pool of ``redis_max_connections`` that waits
+``redis_pool_timeout_s`` for a free connection (then ``RegistryBusy``), and
+``redis_timeout_s`` on each connect and reply.
 """
 
 from __future__ import annotations
@@ -16,8 +21,17 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from ivideogpt.engine import SessionHistory, StepRecord
+from server.settings import Settings
+
+
+class RegistryBusy(RedisError):
+    """Every connection of this replica's Redis pool stayed in use for the pool timeout: overload, not an outage."""
 
 
 @dataclass
@@ -42,10 +56,17 @@ class Registry(Protocol):
     async def step_count(self, sid: str) -> int: ...
     async def history(self, sid: str) -> SessionHistory | None: ...
     async def append(
-        self, sid: str, replica: str, expected: int, steps: list[StepRecord], reanchors: list[int], last: bytes | None
+        self,
+        sid: str,
+        replica: str,
+        expected: tuple[int, int],
+        steps: list[StepRecord],
+        reanchors: list[int],
+        last: bytes | None,
     ) -> bool: ...
     async def last_result(self, sid: str) -> bytes | None: ...
     async def acquire_lease(self, sid: str, replica: str, ttl_s: float) -> bool: ...
+    async def renew_lease(self, sid: str, replica: str, ttl_s: float) -> bool: ...
     async def release_lease(self, sid: str, replica: str) -> None: ...
     async def heartbeat(self, replica: str, address: str, ttl_s: float) -> None: ...
     async def replica_address(self, replica: str) -> str | None: ...
@@ -104,10 +125,18 @@ class MemoryRegistry:
         return None if entry is None else SessionHistory.from_dict(entry.history.to_dict())
 
     async def append(
-        self, sid: str, replica: str, expected: int, steps: list[StepRecord], reanchors: list[int], last: bytes | None
+        self,
+        sid: str,
+        replica: str,
+        expected: tuple[int, int],
+        steps: list[StepRecord],
+        reanchors: list[int],
+        last: bytes | None,
     ) -> bool:
         entry = self._live(sid)
-        if entry is None or len(entry.history.steps) != expected or not self._holds(sid, replica):
+        if entry is None or not self._holds(sid, replica):
+            return False
+        if (len(entry.history.steps), len(entry.history.reanchors)) != expected:
             return False
         entry.history.steps.extend(steps)
         entry.history.reanchors.extend(reanchors)
@@ -129,6 +158,12 @@ class MemoryRegistry:
             self._leases[sid] = (replica, time.monotonic() + ttl_s)
             return True
         return False
+
+    async def renew_lease(self, sid: str, replica: str, ttl_s: float) -> bool:
+        if not self._holds(sid, replica):
+            return False
+        self._leases[sid] = (replica, time.monotonic() + ttl_s)
+        return True
 
     async def release_lease(self, sid: str, replica: str) -> None:
         if (owner := self._leases.get(sid)) is not None and owner[0] == replica:
@@ -156,19 +191,26 @@ end
 return 0
 """
 
+# extends a lease only while this replica holds it: a renewal never takes a released lease back
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-# KEYS: lease, steps, reanchors, last, record, history
-# ARGV: replica, expected, n_steps, steps..., n_reanchors, reanchors..., last
+# KEYS: lease, steps, reanchors, last, record
+# ARGV: replica, expected steps, expected reanchors, n_steps, steps..., n_reanchors, reanchors..., last
 _APPEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
 if redis.call('EXISTS', KEYS[5]) == 0 then return -3 end
 if redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[2]) then return -1 end
-local n = tonumber(ARGV[3])
-local i = 4
+if redis.call('LLEN', KEYS[3]) ~= tonumber(ARGV[3]) then return -1 end
+local n = tonumber(ARGV[4])
+local i = 5
 for j = 1, n do redis.call('RPUSH', KEYS[2], ARGV[i]); i = i + 1 end
 local m = tonumber(ARGV[i]); i = i + 1
 for j = 1, m do redis.call('RPUSH', KEYS[3], ARGV[i]); i = i + 1 end
@@ -181,13 +223,37 @@ return redis.call('LLEN', KEYS[2])
 """
 
 
+class _BoundedPool(aioredis.BlockingConnectionPool):
+    """Waits for a free connection (redis-py's default pool raises at once), at most ``timeout`` seconds."""
+
+    async def get_connection(self, *args: object, **kwargs: object) -> aioredis.Connection:
+        try:
+            return await super().get_connection(*args, **kwargs)
+        except RedisConnectionError as exc:
+            if isinstance(exc.__cause__, asyncio.TimeoutError):  # the pool's wait ran out, Redis is fine
+                raise RegistryBusy(f"no free Redis connection in {self.timeout} s") from None
+            raise
+
+
 class RedisRegistry:
     """Shared by every replica pointing at the same Redis URL and key prefix."""
 
-    def __init__(self, url: str, prefix: str):
-        self.redis = aioredis.from_url(url, decode_responses=False)
+    def __init__(
+        self, url: str, prefix: str, max_connections: int = 128, pool_timeout_s: float = 5.0, timeout_s: float = 2.0
+    ):
+        pool = _BoundedPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=pool_timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            # one quick retry (a connection Redis closed); the default backs off for seconds
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+        )
+        self.redis = aioredis.Redis.from_pool(pool)
         self.prefix = prefix
         self._acquire = self.redis.register_script(_ACQUIRE)
+        self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
         self._append = self.redis.register_script(_APPEND)
 
@@ -259,10 +325,16 @@ class RedisRegistry:
         return SessionHistory.from_dict(h)
 
     async def append(
-        self, sid: str, replica: str, expected: int, steps: list[StepRecord], reanchors: list[int], last: bytes | None
+        self,
+        sid: str,
+        replica: str,
+        expected: tuple[int, int],
+        steps: list[StepRecord],
+        reanchors: list[int],
+        last: bytes | None,
     ) -> bool:
         keys = [self._k(k, sid) for k in ("lease", "steps", "reanchors", "last", "rec")]
-        args: list = [replica, expected, len(steps), *(json.dumps(s.to_dict()) for s in steps)]
+        args: list = [replica, *expected, len(steps), *(json.dumps(s.to_dict()) for s in steps)]
         args += [len(reanchors), *reanchors, last or b""]
         return int(await self._append(keys=keys, args=args)) >= 0
 
@@ -271,6 +343,9 @@ class RedisRegistry:
 
     async def acquire_lease(self, sid: str, replica: str, ttl_s: float) -> bool:
         return bool(await self._acquire(keys=[self._k("lease", sid)], args=[replica, int(ttl_s * 1000)]))
+
+    async def renew_lease(self, sid: str, replica: str, ttl_s: float) -> bool:
+        return bool(await self._renew(keys=[self._k("lease", sid)], args=[replica, int(ttl_s * 1000)]))
 
     async def release_lease(self, sid: str, replica: str) -> None:
         await self._release(keys=[self._k("lease", sid)], args=[replica])
@@ -289,5 +364,9 @@ class RedisRegistry:
         await asyncio.shield(self.redis.aclose())
 
 
-def make_registry(url: str | None, prefix: str) -> Registry:
-    return RedisRegistry(url, prefix) if url else MemoryRegistry()
+def make_registry(settings: Settings) -> Registry:
+    s = settings
+    if not s.redis_url:
+        return MemoryRegistry()
+    bounds = (s.redis_max_connections, s.redis_pool_timeout_s, s.redis_timeout_s)
+    return RedisRegistry(s.redis_url, s.redis_prefix, *bounds)

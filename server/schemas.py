@@ -247,7 +247,10 @@ class RenderGifRequest(BaseModel):
 
 class ErrorDetail(BaseModel):
     status: int
-    code: str = Field(description="invalid_input, session_not_found, capacity, too_many_sessions, conflict, ...")
+    code: str = Field(
+        description="invalid_input, invalid_body, session_not_found, capacity, too_many_sessions, session_busy, "
+        "overloaded, conflict, registry_unavailable, shutting_down, deadline_exceeded, ..."
+    )
     field: str | None = Field(description="the offending input, e.g. actions[0][2]")
     message: str
     retry_after: float | None = None

@@ -3,15 +3,24 @@
 It owns what the engine cannot know: who owns a session (API key), the shared history in the
 registry, which replica may touch a session right now (a lease), restoring a session whose
 engine state is gone, and idempotent retries by ``step_index``.
+
+A step commits as one unit: the engine's copy of a session is trusted only while ``_local``
+says it equals the recorded history, and it leaves ``_local`` while a step or imagine changes
+it; only a successful history append puts it back. Whatever ends a request in between (Redis
+down, deadline, cancellation) leaves the copy untrusted, and the next request rebuilds it from
+the history. Every wait is bounded (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
@@ -19,11 +28,15 @@ import numpy as np
 from ivideogpt.engine import SessionHistory, SessionNotFound
 from ivideogpt.frames import from_uint8_hwc, to_uint8_hwc
 from ivideogpt.sampling import SamplingParams
+from server.admission import AdmissionController, Admitted
 from server.backend import Backend
-from server.errors import ApiError, from_engine, invalid, not_found
+from server.errors import ApiError, from_engine, invalid, not_found, shutting_down
+from server.lease import LeaseRenewal
 from server.metrics import Metrics
 from server.registry import Registry, SessionRecord
 from server.settings import Settings
+
+log = logging.getLogger("server")
 
 
 @dataclass
@@ -47,6 +60,30 @@ class ImagineOut:
 
 
 OnFrame = Callable[[FrameOut], Awaitable[None]]
+W = TypeVar("W")
+
+
+def drainable(method: Callable[..., Awaitable[W]]) -> Callable[..., Awaitable[W]]:
+    """A create, step or imagine: refused once the replica drains (503), and cut with 503 when the drain
+    ends before it does (uvicorn would answer a bare 500 for a request it cuts)."""
+
+    @functools.wraps(method)
+    async def run(self: SessionService, *args: Any, **kwargs: Any) -> W:
+        self._accepting()
+        scope = asyncio.timeout(None)
+        try:
+            async with scope:
+                self._in_flight.add(scope)
+                try:
+                    return await method(self, *args, **kwargs)
+                finally:
+                    self._in_flight.discard(scope)
+        except TimeoutError:
+            if scope.expired():
+                raise shutting_down() from None
+            raise
+
+    return run
 
 
 class SessionService:
@@ -54,7 +91,14 @@ class SessionService:
         self.settings, self.backend, self.registry, self.metrics = settings, backend, registry, metrics
         self.info = backend.model_info()
         self.replica = settings.replica_id
+        self.admission = AdmissionController(
+            settings.max_engine_frames, settings.max_queued_frames, settings.queue_timeout_s, metrics
+        )
+        self.draining = False  # SIGTERM: no new work
+        self._in_flight: set[asyncio.Timeout] = set()  # the creates, steps and imagines running now
+        self._closed = False  # shut down: no lease may be taken any more
         self._locks: dict[str, asyncio.Lock] = {}
+        self._leases: dict[str, LeaseRenewal] = {}  # the sessions whose lease this replica holds now
         # what this replica's engine holds of each session: (steps, re-anchors) it was built with
         self._local: dict[str, tuple[int, int]] = {}
 
@@ -125,23 +169,31 @@ class SessionService:
             raise invalid(element, f"{float(a[at]):g} is outside the model's action range [{low:g}, {high:g}]")
 
     # operations
+    @drainable
     async def create(self, key_id: str, frames: np.ndarray, sampling: dict) -> SessionRecord:
         frames = self.check_context(frames)
+        self.admission.refuse_if_full(frames.shape[0])
         limit = self.settings.max_sessions_per_key
         if await self.registry.count_sessions(key_id) >= limit:
             raise ApiError(429, "too_many_sessions", f"this key holds {limit} sessions (the limit)", None, 5.0)
         params = SamplingParams(**sampling)
-        try:
-            sid = await asyncio.to_thread(self.backend.open, from_uint8_hwc(frames), params)
-            history = await asyncio.to_thread(self.backend.history, sid)
-        except Exception as exc:
-            raise from_engine(exc) from None
+
+        def open_session() -> tuple[str, SessionHistory]:
+            sid = self.backend.open(from_uint8_hwc(frames), params)
+            return sid, self.backend.history(sid)
+
+        async with self._engine(frames.shape[0], "create") as engine:
+            sid, history = await self._call(engine, open_session, undo=lambda opened: self.backend.close(opened[0]))
         now = time.time()
         rec = SessionRecord(
             sid, key_id, self.info["name"], sampling, now, now + self.settings.session_ttl_s, self.replica
         )
         rec.owner_addr = self.settings.address()
-        await self.registry.create(rec, history)
+        try:
+            await self.registry.create(rec, history)
+        except BaseException:  # not recorded: nobody can reach the engine's copy
+            await asyncio.shield(self._drop_local(sid))
+            raise
         self._local[sid] = (len(history.steps), len(history.reanchors))
         return rec
 
@@ -156,6 +208,7 @@ class SessionService:
             await self._drop_local(sid)
         self._locks.pop(sid, None)
 
+    @drainable
     async def step(
         self,
         key_id: str,
@@ -168,6 +221,7 @@ class SessionService:
     ) -> StepOut:
         t0 = time.perf_counter()
         actions = self.check_actions(actions)
+        self.admission.refuse_if_full(actions.shape[0])
         rec = await self._record(key_id, sid)
         async with self._session(sid):
             n = await self.registry.step_count(sid)
@@ -175,10 +229,11 @@ class SessionService:
                 out = await self._replay(sid, n, step_index, actions, want_frames, on_frame)
                 self.metrics.step_latency.labels(transport).observe(time.perf_counter() - t0)
                 return out
-            await self._ensure_local(sid, n)
-            self.metrics.queue_wait.observe(time.perf_counter() - t0)
-            frames, rewards, hist = await self._run_step(sid, n, actions, want_frames, on_frame, t0)
-            _, known_reanchors = self._local[sid]
+            async with self._engine(actions.shape[0], "step") as engine:
+                await self._ensure_local(sid, n, engine)
+                self.metrics.queue_wait.observe(time.perf_counter() - t0)
+                _, known_reanchors = self._local.pop(sid)  # in flux until the history records the step
+                frames, rewards, hist = await self._run_step(sid, n, actions, want_frames, on_frame, t0, engine)
             new_steps, new_reanchors = hist.steps, hist.reanchors[known_reanchors:]  # hist: since step n
             last = msgpack.packb(
                 {
@@ -189,7 +244,7 @@ class SessionService:
                     "rewards": None if rewards is None else rewards.astype("<f4").tobytes(),
                 }
             )
-            if not await self.registry.append(sid, self.replica, n, new_steps, new_reanchors, last):
+            if not await self.registry.append(sid, self.replica, (n, known_reanchors), new_steps, new_reanchors, last):
                 await self._drop_local(sid)
                 raise ApiError(409, "conflict", "the session changed during this step: retry", "step_index", 1.0)
             self._local[sid] = (n + len(hist.steps), len(hist.reanchors))
@@ -200,25 +255,28 @@ class SessionService:
         self.metrics.step_latency.labels(transport).observe(time.perf_counter() - t0)
         return StepOut(frames, rewards, n + h)
 
+    @drainable
     async def imagine(self, key_id: str, sid: str, seqs: np.ndarray, return_frames: bool) -> ImagineOut:
         t0 = time.perf_counter()
         seqs = self.check_sequences(seqs)
+        k, h = seqs.shape[:2]
+        self.admission.refuse_if_full(k * h)
         rec = await self._record(key_id, sid)
         async with self._session(sid):
             n = await self.registry.step_count(sid)
-            await self._ensure_local(sid, n)
-            self.metrics.queue_wait.observe(time.perf_counter() - t0)
-            result = await self._call(self.backend.imagine, sid, seqs, return_frames)
-            steps, known_reanchors = self._local[sid]
-            hist = await asyncio.to_thread(self.backend.history, sid, steps)  # the re-anchors, no steps
+            async with self._engine(k * h, "imagine") as engine:
+                await self._ensure_local(sid, n, engine)
+                self.metrics.queue_wait.observe(time.perf_counter() - t0)
+                steps, known_reanchors = self._local.pop(sid)  # imagine may re-anchor the engine's copy
+                result = await self._call(engine, self.backend.imagine, sid, seqs, return_frames)
+                hist = await self._call(engine, self.backend.history, sid, steps)  # the re-anchors, no steps
             if len(hist.reanchors) > known_reanchors:  # imagine re-anchored the session: record it
                 new = hist.reanchors[known_reanchors:]
-                if not await self.registry.append(sid, self.replica, n, [], new, None):
+                if not await self.registry.append(sid, self.replica, (n, known_reanchors), [], new, None):
                     await self._drop_local(sid)
                     raise ApiError(409, "conflict", "the session changed during this request: retry", None, 1.0)
-                self._local[sid] = (steps, len(hist.reanchors))
+            self._local[sid] = (steps, len(hist.reanchors))
             await self._touch(rec)
-        k, h = seqs.shape[:2]
         self.metrics.frames.inc(k * h)
         self.metrics.tokens.inc(k * h * self.info["tokens_per_frame"])
         self.metrics.imagine_latency.observe(time.perf_counter() - t0)
@@ -263,7 +321,30 @@ class SessionService:
                 await self.registry.heartbeat(self.replica, self.settings.address(), 3 * period)
             await asyncio.sleep(period)
 
+    def drain(self, drain_s: float) -> None:
+        """Take no new work; what runs gets ``drain_s`` more, then ends with 503 (nothing half recorded)."""
+        self.draining = True
+        ends = asyncio.get_running_loop().time() + drain_s
+        for scope in self._in_flight:
+            scope.reschedule(ends)
+
+    async def close(self, timeout_s: float) -> None:
+        """Shutdown: no new leases; wait (bounded) for requests still holding one, then release what is left."""
+        self.draining = self._closed = True
+        deadline = time.monotonic() + timeout_s
+        while self._leases and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for sid, renewal in list(self._leases.items()):
+            await renewal.stop(0.0)
+            with contextlib.suppress(Exception):  # Redis down: the lease lapses after lease_ttl_s
+                await self.registry.release_lease(sid, self.replica)
+            self._leases.pop(sid, None)
+
     # helpers
+    def _accepting(self) -> None:
+        if self.draining:
+            raise shutting_down()
+
     async def _record(self, key_id: str, sid: str) -> SessionRecord:
         rec = await self.registry.get(sid)
         if rec is None or rec.key_id != key_id:  # another key's session does not exist for this key
@@ -277,42 +358,59 @@ class SessionService:
 
     @contextlib.asynccontextmanager
     async def _session(self, sid: str) -> AsyncIterator[None]:
-        """This replica's lock on the session, then the registry lease (renewed while held)."""
+        """This replica's lock on the session, then the registry lease (renewed while held); both waits
+        end after ``lease_wait_s`` with 429 ``session_busy``."""
+        s = self.settings
+        busy = ApiError(429, "session_busy", "another request or replica is serving this session", None, 1.0)
         lock = self._locks.setdefault(sid, asyncio.Lock())
-        async with lock:
-            s = self.settings
+        try:
+            await asyncio.wait_for(lock.acquire(), s.lease_wait_s)
+        except TimeoutError:
+            raise busy from None
+        try:
             deadline = time.monotonic() + s.lease_wait_s
             while not await self.registry.acquire_lease(sid, self.replica, s.lease_ttl_s):
                 if time.monotonic() > deadline:
-                    raise ApiError(429, "session_busy", "another replica is serving this session", None, 1.0)
+                    raise busy
                 await asyncio.sleep(0.02)
-            renew = asyncio.create_task(self._renew(sid))
+            renewal = self._leases[sid] = LeaseRenewal(self.registry, sid, self.replica, s.lease_ttl_s)
+            renewal.start()
             try:
+                if self._closed:  # shut down while this request waited for the lease
+                    raise shutting_down()
                 yield
             finally:
-                renew.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renew
+                if not await renewal.stop(s.redis_timeout_s):
+                    log.warning("lease renewal of %s still in a Redis command; releasing the lease anyway", sid)
                 await self.registry.release_lease(sid, self.replica)
+                self._leases.pop(sid, None)
+        finally:
+            lock.release()
 
-    async def _renew(self, sid: str) -> None:
-        ttl = self.settings.lease_ttl_s
-        while True:
-            await asyncio.sleep(ttl / 3)
-            await self.registry.acquire_lease(sid, self.replica, ttl)
+    @contextlib.asynccontextmanager
+    async def _engine(self, frames: int, what: str) -> AsyncIterator[Admitted]:
+        """Admission for ``frames`` (429 beyond the queue), then at most ``engine_timeout_s`` of engine work (504)."""
+        limit = self.settings.engine_timeout_s
+        async with self.admission.admit(frames) as engine:
+            try:
+                async with asyncio.timeout(limit):
+                    yield engine
+            except TimeoutError:
+                message = f"the {what} ran past the engine deadline ({limit:g} s); nothing was recorded"
+                raise ApiError(504, "deadline_exceeded", message, None, 1.0) from None
 
-    async def _ensure_local(self, sid: str, n: int) -> None:
+    async def _ensure_local(self, sid: str, n: int, engine: Admitted) -> None:
         """Rebuild the engine's copy from the registry unless it is exactly the recorded session."""
         if self._local.get(sid, (-1, -1))[0] == n and self.backend.has(sid):
             return
-        await self._restore(sid)
+        await self._restore(sid, engine)
 
-    async def _restore(self, sid: str) -> None:
+    async def _restore(self, sid: str, engine: Admitted) -> None:
         history = await self.registry.history(sid)
         if history is None:
             raise not_found(sid)
         await self._drop_local(sid)
-        await self._call(self.backend.restore, history, sid)
+        await self._call(engine, self.backend.restore, history, sid)
         self._local[sid] = (len(history.steps), len(history.reanchors))
         self.metrics.gateway_restores.inc()
 
@@ -322,23 +420,37 @@ class SessionService:
             with contextlib.suppress(SessionNotFound):
                 await asyncio.to_thread(self.backend.close, sid)
 
-    async def _call(self, fn: Callable, *args: object) -> object:
+    async def _call(self, engine: Admitted, fn: Callable, *args: object, undo: Callable | None = None) -> Any:
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await engine.run(fn, *args, undo=undo)
         except Exception as exc:
             raise from_engine(exc) from None
 
+    async def _deliver(self, on_frame: OnFrame, item: FrameOut) -> bool:
+        """Hand a frame to a streaming consumer; False once it is gone or stalls past ``send_timeout_s``."""
+        try:
+            await asyncio.wait_for(on_frame(item), self.settings.send_timeout_s)
+        except Exception:
+            return False
+        return True
+
     async def _run_step(
-        self, sid: str, n: int, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None, t0: float
+        self,
+        sid: str,
+        n: int,
+        actions: np.ndarray,
+        want_frames: bool,
+        on_frame: OnFrame | None,
+        t0: float,
+        engine: Admitted,
     ) -> tuple[np.ndarray | None, np.ndarray | None, SessionHistory]:
         """Step the engine's copy (at step ``n``); returns its history from step ``n`` on."""
-        outs, error, hist = await self._stream_frames(sid, n, actions, want_frames, on_frame, t0)
+        outs, error, hist = await self._stream_frames(sid, n, actions, want_frames, on_frame, t0, engine)
         if isinstance(error, SessionNotFound) and not outs:
-            await self._restore(sid)  # evicted between the check and the step
-            outs, error, hist = await self._stream_frames(sid, n, actions, want_frames, on_frame, t0)
+            await self._restore(sid, engine)  # evicted between the check and the step
+            self._local.pop(sid)
+            outs, error, hist = await self._stream_frames(sid, n, actions, want_frames, on_frame, t0, engine)
         if error is not None or hist is None:
-            if outs:  # the engine's copy is ahead of the registry now
-                await self._drop_local(sid)
             raise from_engine(error) if isinstance(error, Exception) else error
         frames = np.stack([o.frame for o in outs]) if want_frames else None
         rewards = None
@@ -347,7 +459,14 @@ class SessionService:
         return frames, rewards, hist
 
     async def _stream_frames(
-        self, sid: str, n: int, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None, t0: float
+        self,
+        sid: str,
+        n: int,
+        actions: np.ndarray,
+        want_frames: bool,
+        on_frame: OnFrame | None,
+        t0: float,
+        engine: Admitted,
     ) -> tuple[list[FrameOut], BaseException | None, SessionHistory | None]:
         """The engine's frame stream in one worker thread, which also reads the new history.
 
@@ -374,15 +493,13 @@ class SessionService:
                 if queue is not None:
                     loop.call_soon_threadsafe(queue.put_nowait, None)
 
-        worker = loop.run_in_executor(None, work)
+        worker = engine.start(work)
         if queue is not None:
             while (item := await queue.get()) is not None:
-                if on_frame is not None:
-                    try:
-                        await on_frame(item)
-                    except Exception:  # the consumer went away: the step still completes and is recorded
-                        on_frame = None
-        return await worker
+                # a consumer that went away or stalls stops the streaming: the step still completes and is recorded
+                if on_frame is not None and not await self._deliver(on_frame, item):
+                    on_frame = None
+        return await asyncio.shield(worker)
 
     async def _replay(
         self, sid: str, n: int, step_index: int, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None
@@ -410,7 +527,9 @@ class SessionService:
         if on_frame is not None:
             for i in range(h):
                 r = None if rewards is None else float(rewards[i])
-                await on_frame(FrameOut(step_index + i, None if frames is None else frames[i], r))
+                frame = None if frames is None else frames[i]
+                if not await self._deliver(on_frame, FrameOut(step_index + i, frame, r)):
+                    break
         self.metrics.idempotent_replays.inc()
         return StepOut(frames, rewards, step_index + h)
 
@@ -431,11 +550,12 @@ class SessionService:
             )
         frames = None
         if want_frames:
-            await self._ensure_local(sid, n)
-            try:
-                raw = await self._call(self.backend.recorded_frames, sid, step_index, step_index + h)
-            except ApiError as err:  # older than the engine keeps decoder features for
-                raise ApiError(409, "conflict", err.message, "step_index") from None
+            async with self._engine(h, "step") as engine:
+                await self._ensure_local(sid, n, engine)
+                try:
+                    raw = await self._call(engine, self.backend.recorded_frames, sid, step_index, step_index + h)
+                except ApiError as err:  # older than the engine keeps decoder features for
+                    raise ApiError(409, "conflict", err.message, "step_index") from None
             frames = to_uint8_hwc(raw)
         rewards = None
         if self.info["reward_head"]:

@@ -38,6 +38,20 @@ class Settings(BaseSettings):
         64, ge=1, description="requests in the engine at once (each waits in a thread; the engine batches them)"
     )
     engine_idle_s: float = Field(600.0, description="engine evicts a session idle this long (history stays)")
+    engine_timeout_s: float = Field(
+        120.0, gt=0, description="a step, imagine or create running longer than this in the engine: 504"
+    )
+
+    # admission control (in front of the engine, counted in predicted frames)
+    max_engine_frames: int = Field(
+        128, ge=1, description="frames in the engine at once (steps, imagines, context frames of creates)"
+    )
+    max_queued_frames: int = Field(512, ge=0, description="frames waiting for the engine; beyond: 429 overloaded")
+    queue_timeout_s: float = Field(10.0, gt=0, description="a request waits this long for the engine, then 429")
+    send_timeout_s: float = Field(
+        10.0, gt=0, description="a streamed frame the client does not take in this time ends the streaming"
+    )
+    drain_s: float = Field(10.0, ge=0, description="SIGTERM: in-flight requests get this long to finish")
 
     # where to listen (the CLI flags override these)
     host: str = "127.0.0.1"
@@ -53,6 +67,11 @@ class Settings(BaseSettings):
         description="unset: in-memory registry (one replica, sessions die with it)",
     )
     redis_prefix: str = "ivideogpt:"
+    redis_max_connections: int = Field(128, ge=1, description="Redis connection pool size of this replica")
+    redis_pool_timeout_s: float = Field(
+        5.0, gt=0, description="wait this long for a free Redis connection, then 429 overloaded"
+    )
+    redis_timeout_s: float = Field(2.0, gt=0, description="connect and reply timeout of every Redis command")
     session_ttl_s: float = Field(3600.0, description="a session expires this long after its last request")
     lease_ttl_s: float = Field(10.0, description="a replica's hold on a session while it serves a request")
     lease_wait_s: float = Field(5.0, description="how long a request waits for another replica's lease")

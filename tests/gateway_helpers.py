@@ -108,6 +108,41 @@ class Gateway:
                 self.kill()
 
 
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port, appending every write to disk (AOF) in
+    ``folder``: a kill and a restart keep what was acknowledged, as a production Redis with AOF does."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.port = folder, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--appendonly", "yes"]
+        cmd += ["--dir", str(self.folder), "--save", ""]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
 def png_b64(frame: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray(frame, "RGB").save(buf, format="PNG")

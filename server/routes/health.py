@@ -31,7 +31,9 @@ async def readyz(request: Request) -> Response:
     if state.settings.backend == "triton" and checks["model"] == "loaded":
         ready = await asyncio.to_thread(state.service.backend.ready)
         checks["triton"] = "ok" if ready else f"{state.settings.triton_url} has no ready model"
-    ok = checks["model"] == "loaded" and all(checks.get(k, "ok") == "ok" for k in ("redis", "triton"))
+    if checks["model"] == "loaded" and state.service.draining:
+        checks["shutdown"] = "draining"
+    ok = checks["model"] == "loaded" and all(checks.get(k, "ok") == "ok" for k in ("redis", "triton", "shutdown"))
     return JSONResponse(Health(status="ok" if ok else "unavailable", checks=checks).model_dump(), 200 if ok else 503)
 
 

@@ -27,14 +27,16 @@ from server.wire import WireRoute, msgpack_response, wants_msgpack
 ERRORS = {
     s: {"model": ErrorBody, "description": d}
     for s, d in {
+        400: "a body that is not JSON (or not msgpack)",
         401: "missing or unknown API key",
         404: "unknown session (or another key's)",
         409: "step_index conflict",
         413: "body too large",
         415: "a body without Content-Type: application/json (or application/msgpack)",
         422: "invalid input: the error names the field",
-        429: "limit or engine capacity reached: see Retry-After",
-        503: "session registry (Redis) unavailable: see Retry-After",
+        429: "a limit, the engine's capacity or its admission queue is full, or the session is busy: see Retry-After",
+        503: "session registry (Redis) unavailable, or this replica is shutting down: see Retry-After",
+        504: "the request ran past the engine deadline (nothing was recorded): retry with its step_index",
     }.items()
 }
 

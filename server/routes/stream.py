@@ -1,7 +1,9 @@
 """WS /v1/sessions/{id}/stream: actions in, each predicted frame and reward out as soon as it exists.
 
 Text messages are JSON (frames as base64 PNG), binary messages are msgpack (frames as raw
-uint8 arrays); the reply uses the request message's kind.
+uint8 arrays); the reply uses the request message's kind. An error is a message of the same
+kind and the socket stays open, except when the service cannot serve at all (Redis down,
+shutting down: 503): then the error message is followed by close code 1013, try again later.
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ import json
 import msgpack
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from server.auth import check_key
 from server.codec import array_payload, png_b64
 from server.convert import floats_in
-from server.errors import ApiError, validation_api_error
+from server.errors import ApiError, as_api_error, validation_api_error
 from server.schemas import StepRequest
 from server.sessions import FrameOut, SessionService
 
 router = APIRouter()
+
+TRY_AGAIN_LATER = 1013
 
 
 async def _send(ws: WebSocket, payload: dict, binary: bool) -> None:
@@ -27,6 +32,15 @@ async def _send(ws: WebSocket, payload: dict, binary: bool) -> None:
         await ws.send_bytes(msgpack.packb(payload))
     else:
         await ws.send_text(json.dumps(payload))
+
+
+def _decode(message: dict) -> tuple[object, bool]:
+    """A message's body and whether it came as msgpack; ApiError 400 when it does not decode."""
+    binary = message.get("bytes") is not None
+    try:
+        return (msgpack.unpackb(message["bytes"]) if binary else json.loads(message["text"])), binary
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ApiError(400, "invalid_body", f"not {'msgpack' if binary else 'JSON'}: {exc}", "body") from None
 
 
 @router.websocket("/v1/sessions/{session_id}/stream")
@@ -38,9 +52,10 @@ async def stream(ws: WebSocket, session_id: str) -> None:
         key = auth[7:] if auth.lower().startswith("bearer ") else ws.headers.get("x-api-key")
         key_id = check_key(ws.app.state.settings, key or ws.query_params.get("api_key"))
         await svc.get(key_id, session_id)
-    except ApiError as err:
+    except (ApiError, RedisError) as exc:
+        err = as_api_error(exc)
         await ws.send_text(json.dumps({"type": "error", **err.body()}))
-        await ws.close(code=4000 + err.status, reason=err.code)
+        await ws.close(code=TRY_AGAIN_LATER if err.status == 503 else 4000 + err.status, reason=err.code)
         return
     try:
         while True:
@@ -49,7 +64,7 @@ async def stream(ws: WebSocket, session_id: str) -> None:
                 return
             binary = message.get("bytes") is not None
             try:
-                raw = msgpack.unpackb(message["bytes"]) if binary else json.loads(message["text"])
+                raw, binary = _decode(message)
                 req = StepRequest.model_validate(raw)
                 actions = floats_in(req.actions, "actions", 2)
                 want_frames = "frames" in req.return_
@@ -70,10 +85,11 @@ async def stream(ws: WebSocket, session_id: str) -> None:
                 await _send(ws, {"type": "done", "step_index": out.step_index}, binary)
             except ValidationError as exc:
                 await _send(ws, {"type": "error", **validation_api_error(exc.errors()).body()}, binary)
-            except (ValueError, msgpack.UnpackException) as exc:
-                err = ApiError(400, "invalid_body", f"not {'msgpack' if binary else 'JSON'}: {exc}", "body")
+            except (ApiError, RedisError) as exc:
+                err = as_api_error(exc)
                 await _send(ws, {"type": "error", **err.body()}, binary)
-            except ApiError as err:
-                await _send(ws, {"type": "error", **err.body()}, binary)
+                if err.status == 503:
+                    await ws.close(code=TRY_AGAIN_LATER, reason=err.code)
+                    return
     except WebSocketDisconnect:
         return

@@ -51,12 +51,13 @@ class PayloadTooLarge(WorldModelError):
 
 
 class AtCapacity(WorldModelError):
-    """429: engine KV cache full, too many sessions for this key, or the session busy on another
-    replica; ``retry_after`` says how many seconds to wait."""
+    """429: engine KV cache full, the engine's admission queue full (``overloaded``), too many sessions
+    for this key, or the session busy on another replica; ``retry_after`` says how many seconds to wait."""
 
 
 class ServiceUnavailable(WorldModelError):
-    """5xx or unreachable: the gateway (or its Redis) is down or failing; retried for idempotent calls."""
+    """5xx or unreachable: the gateway (or its Redis) is down or shutting down, or a step ran past the
+    engine deadline (504, nothing recorded); retried for idempotent calls."""
 
 
 BY_STATUS: dict[int, type[WorldModelError]] = {
@@ -97,6 +98,7 @@ GRPC_STATUS = {
     "ABORTED": 409,
     "RESOURCE_EXHAUSTED": 429,
     "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
 }
 
 

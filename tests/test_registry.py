@@ -1,0 +1,81 @@
+"""The Redis registry's connection pool under load, on a real Redis (127.0.0.1:6379, a fresh key prefix):
+requests wait for a free connection instead of failing (redis-py's default pool raised
+MaxConnectionsError at 100, a 503 per request beyond), and a wait past the pool timeout is overload;
+history appends are fenced so that a retried one is not applied twice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from gateway_helpers import REDIS_URL, clear_redis, redis_prefix
+
+from ivideogpt.engine import SessionHistory, StepRecord
+from server.errors import from_registry
+from server.registry import RedisRegistry, RegistryBusy, SessionRecord
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    p = redis_prefix()
+    yield p
+    clear_redis(p)
+
+
+def test_more_requests_than_connections_wait_their_turn(prefix: str) -> None:
+    async def main() -> None:
+        registry = RedisRegistry(REDIS_URL, prefix, max_connections=4, pool_timeout_s=10.0)
+        try:
+            counts = await asyncio.gather(*(registry.step_count(f"s{i}") for i in range(300)))
+            assert counts == [0] * 300
+        finally:
+            await registry.close()
+
+    asyncio.run(main())
+
+
+def test_no_free_connection_within_the_pool_timeout_is_overload(prefix: str) -> None:
+    async def main() -> None:
+        registry = RedisRegistry(REDIS_URL, prefix, max_connections=2, pool_timeout_s=0.2)
+        pool = registry.redis.connection_pool
+        try:
+            held = [await pool.get_connection() for _ in range(2)]
+            t0 = time.monotonic()
+            with pytest.raises(RegistryBusy) as e:
+                await registry.get("s")
+            assert 0.15 < time.monotonic() - t0 < 2.0
+            api = from_registry(e.value)
+            assert (api.status, api.code) == (429, "overloaded") and api.headers()["Retry-After"] == "1"
+            await pool.release(held.pop())
+            assert await registry.get("s") is None  # a connection came back: served again
+            await pool.release(held.pop())
+        finally:
+            await registry.close()
+
+    asyncio.run(main())
+
+
+def test_an_append_sent_twice_is_applied_once(prefix: str) -> None:
+    """redis-py retries a command whose reply was lost: the history append must not apply twice (steps nor
+    re-anchors), else a restore would rebuild another session than the one that was served."""
+
+    async def main() -> None:
+        registry = RedisRegistry(REDIS_URL, prefix)
+        try:
+            rec = SessionRecord("s", "k", "tiny", {}, time.time(), time.time() + 60)
+            await registry.create(rec, SessionHistory([[1, 2]], {}, 0))
+            assert await registry.acquire_lease("s", "me", 10.0)
+            step = StepRecord([0.1, 0.2], [3] * 16, 0.5)
+            assert await registry.append("s", "me", (0, 0), [step, step], [], b"last")
+            assert not await registry.append("s", "me", (0, 0), [step, step], [], b"last")  # the same, again
+            assert await registry.append("s", "me", (2, 0), [], [2], None)  # a re-anchor (imagine)
+            assert not await registry.append("s", "me", (2, 0), [], [2], None)
+            history = await registry.history("s")
+            assert history is not None and len(history.steps) == 2 and history.reanchors == [2]
+            assert not await registry.append("s", "other", (2, 1), [step], [], None)  # fenced by the lease
+        finally:
+            await registry.close()
+
+    asyncio.run(main())
