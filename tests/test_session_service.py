@@ -18,7 +18,7 @@ from server.backend import LocalBackend
 from server.errors import ApiError
 from server.metrics import Metrics
 from server.registry import MemoryRegistry
-from server.sessions import SessionService
+from server.sessions import FrameOut, SessionService
 from server.settings import Settings
 
 SAMPLING = {"temperature": 1.0, "top_k": 100, "greedy": False, "seed": 3}
@@ -106,5 +106,31 @@ def test_a_draining_service_takes_no_new_work(backend: LocalBackend) -> None:
         await svc.delete("k", sid)
         assert backend.stats()["sessions"] == 0
 
+
+    asyncio.run(main())
+
+
+def test_a_streaming_client_that_stalls_or_goes_away_does_not_lose_the_step(backend: LocalBackend) -> None:
+    async def main() -> None:
+        svc = service(backend, send_timeout_s=0.2)
+        got: list[int] = []
+
+        async def stalls(frame: FrameOut) -> None:
+            got.append(frame.step_index)
+            await asyncio.sleep(3600)  # a client that stopped reading: its socket buffer is full
+
+        async def gone(frame: FrameOut) -> None:
+            raise ConnectionError("the client went away")
+
+        for consumer in (stalls, gone):
+            sid = (await svc.create("k", context(0), SAMPLING)).session_id
+            t0 = time.monotonic()
+            out = await svc.step("k", sid, acts(9, 4), 0, on_frame=consumer)
+            assert out.step_index == 4 and time.monotonic() - t0 < 30
+            assert await svc.registry.step_count(sid) == 4  # recorded: a retry gets it back
+            again = await svc.step("k", sid, acts(9, 4), 0)
+            np.testing.assert_array_equal(again.frames, out.frames)
+            await svc.delete("k", sid)
+        assert got == [0]  # one frame offered to the stalled client, then the streaming stopped
 
     asyncio.run(main())
