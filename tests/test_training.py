@@ -146,6 +146,42 @@ def test_transformer_loss_goes_down_resumes_and_exports(setup, tokenizer_run):
         torch.testing.assert_close(a[k], b[k], msg=k)
 
 
+def test_decoders_only_keeps_every_token_id_and_exports_beside_the_transformer(setup, tokenizer_run):
+    """A decoders-only run improves pixels without touching what the transformer was trained on."""
+    run = setup / "tok_decoders"
+    args = tok_args(setup, run, 6, "--decoders-only")
+    args[args.index("--init") + 1] = str(tokenizer_run / "checkpoint")
+    train_tokenizer.train(train_tokenizer.parse_args(args))
+    before, after = checkpoint.load(tokenizer_run / "checkpoint"), checkpoint.load(run / "checkpoint")
+    for name, value in before.tokenizer.state_dict().items():
+        same = torch.equal(value, after.tokenizer.state_dict()[name])
+        assert same == name.startswith(train_tokenizer.ENCODER_PARTS), name
+    frames = torch.rand(2, 4, 3, SIZE, SIZE)
+    ids_before, feats_before = before.tokenizer.encode_context(frames[:, :2])
+    ids_after, feats_after = after.tokenizer.encode_context(frames[:, :2])
+    assert torch.equal(ids_before, ids_after)
+    assert torch.equal(
+        before.tokenizer.encode_future(frames[:, 2:], feats_before),
+        after.tokenizer.encode_future(frames[:, 2:], feats_after),
+    )
+
+    out = setup / "exp_decoders"
+    extra = ("--export", str(out), "--export-tokenizer", str(run / "checkpoint"))
+    train_transformer.train(train_transformer.parse_args(trm_args(setup, setup / "trm_decoders", 2, *extra)))
+    exported = checkpoint.load(out).tokenizer.state_dict()
+    for name, value in after.tokenizer.state_dict().items():
+        assert torch.equal(exported[name], value), name
+
+    # a tokenizer whose encoders moved would give other ids: refused, naming the part
+    changed = setup / "tok_changed"
+    train_tokenizer.train(train_tokenizer.parse_args(tok_args(setup, changed, 2)))
+    extra = ("--export", str(setup / "exp_refused"), "--export-tokenizer", str(changed / "checkpoint"))
+    with pytest.raises(ValueError, match="encoder"):
+        train_transformer.train(train_transformer.parse_args(trm_args(setup, setup / "trm_refused", 2, *extra)))
+    with pytest.raises(SystemExit):
+        train_tokenizer.parse_args(["--decoders-only"])  # needs a trained tokenizer to start from
+
+
 def test_cross_entropy_targets_only_future_tokens_and_later_sdf():
     model = WorldModel(small_config(action_dim=4))
     layout, trm = model.layout, model.transformer

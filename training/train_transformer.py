@@ -31,6 +31,7 @@ from ivideogpt.tokens import TokenLayout
 from ivideogpt.transformer import WorldModelTransformer
 from training import loop
 from training.data import Episode, clip_batch, load_episodes, load_manifest, split_names
+from training.train_tokenizer import ENCODER_PARTS
 
 
 @dataclass
@@ -62,6 +63,16 @@ def build_model(args: argparse.Namespace) -> WorldModel:
         raise ValueError("a fresh transformer needs a trained tokenizer: pass --tokenizer CHECKPOINT")
     adapt_heads(model.transformer, args.action_dim, args.reward_head)
     return model
+
+
+def same_ids_tokenizer(trained_on: nn.Module, other: nn.Module) -> nn.Module:
+    """``other`` if it turns frames into exactly the ids the transformer was trained on (its
+    encoders and codebooks equal ``trained_on``'s: only its decoders may differ)."""
+    mine, theirs = trained_on.state_dict(), other.state_dict()
+    for name, value in mine.items():
+        if name.startswith(ENCODER_PARTS) and not torch.equal(value, theirs[name]):
+            raise ValueError(f"--export-tokenizer: {name} differs from the tokenizer the transformer was trained on")
+    return other
 
 
 def adapt_heads(trm: WorldModelTransformer, action_dim: int | None, reward_head: bool | None) -> None:
@@ -229,6 +240,8 @@ def train(args: argparse.Namespace) -> Path:
             loop.plot_losses(run, ["ce", "reward_mse", "val_ce", "val_reward_mse"])
     bar.close()
     if args.export and step == args.steps:
+        if args.export_tokenizer:
+            model.tokenizer = same_ids_tokenizer(model.tokenizer, checkpoint.load(args.export_tokenizer).tokenizer)
         checkpoint.save(model.eval(), args.export)
         print(f"exported {args.export}")
     return run / "checkpoint"
@@ -240,6 +253,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokenizer", default="runs/tokenizer/checkpoint", help="trained tokenizer checkpoint (frozen)")
     p.add_argument("--run", default="runs/transformer", help="run folder (checkpoint, metrics, loss.png)")
     p.add_argument("--export", default=None, help="also save the final model here (e.g. models/default)")
+    p.add_argument(
+        "--export-tokenizer",
+        default=None,
+        help="export with this tokenizer's decoders (a train_tokenizer --decoders-only run of --tokenizer)",
+    )
     p.add_argument("--preset", default="tiny", choices=list(PRESETS))
     p.add_argument("--init", default=None, help="start from one of our checkpoints (fine-tuning)")
     p.add_argument("--init-official", default=None, help="start from a published iVideoGPT folder")
