@@ -9,6 +9,11 @@ side with an imagine (batched token steps: session rows and fork groups in one b
 sampling, a restore, re-decoded frames, and bfloat16. It stores the sampled tokens, the rewards
 and the frames as raw float32 bytes. Bits depend on the machine (CPU kernels) and the thread
 count: compare two records made on one machine with the same settings, as the benchmarks do.
+
+One exception: the rewards of sessions that step side by side come out of a reward head run
+over however many rows the racing threads put into one batch, and a matrix product's last bit
+depends on its row count; those (``side*``) are compared within 1e-5, as the engine's tests do.
+Their tokens and frames are compared bit for bit like everything else.
 """
 
 from __future__ import annotations
@@ -97,6 +102,14 @@ def record(engine: RolloutEngine, tag: str, out: dict[str, np.ndarray]) -> None:
     engine.close(sid)
 
 
+def same(name: str, ref: np.lib.npyio.NpzFile, out: dict[str, np.ndarray]) -> bool:
+    if name not in out or name not in ref.files or ref[name].shape != out[name].shape:
+        return False
+    if name.split("/")[1].startswith("side") and name.endswith("rewards"):  # batch-dependent in the last bit
+        return bool(np.allclose(ref[name], out[name], rtol=0, atol=1e-5))
+    return ref[name].tobytes() == out[name].tobytes()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="write the record here (.npz)")
@@ -126,11 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(out)} arrays, {sum(a.nbytes for a in out.values())} bytes -> {args.out}")
     if args.compare:
         ref = np.load(args.compare)
-        differ = [k for k in sorted(set(ref.files) | set(out)) if k not in out or k not in ref.files
-                  or ref[k].shape != out[k].shape or ref[k].tobytes() != out[k].tobytes()]  # fmt: skip
+        differ = [k for k in sorted(set(ref.files) | set(out)) if not same(k, ref, out)]
         if differ:
             sys.exit(f"{len(differ)} of {len(out)} arrays differ: {', '.join(differ)}")
-        print(f"bit-identical to {args.compare}: all {len(out)} arrays")
+        print(f"identical to {args.compare}: all {len(out)} arrays")
 
 
 if __name__ == "__main__":
