@@ -109,7 +109,7 @@ class LocalBackend:
             parameters = count_parameters(WorldModel(self.engine.cfg))
         return (
             f"{self.engine.cfg.name} ({parameters / 1e6:.1f}M parameters; {self.source}) in process on "
-            f"{self.engine.device}, {self.settings.dtype}, {self.engine.scheduler.threads} intra-op thread(s) "
+            f"{self.engine.device}, {self.settings.dtype}, {self.engine.loop.threads} intra-op thread(s) "
             "per engine thread"
         )
 

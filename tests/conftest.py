@@ -28,6 +28,19 @@ def _keep_thread_count():
     torch.set_num_threads(THREADS)
 
 
+class ManualClock:
+    """A clock a test moves by hand (seconds): TTL and expiry logic run without waiting on the wall clock."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 TRITON_TTL_S = 6.0  # the Triton tests' session idle timeout (the idle tests wait it out)
 
 
@@ -65,4 +78,4 @@ def small_config(action_dim: int = 3, reward_head: bool = True, context_length: 
     return cfg
 
 
-__all__ = ["ModelConfig", "TokenizerConfig", "TransformerConfig", "small_config"]
+__all__ = ["ManualClock", "ModelConfig", "TokenizerConfig", "TransformerConfig", "small_config"]

@@ -11,7 +11,7 @@ import torch
 from conftest import small_config
 from ivideogpt.checkpoint import save
 from ivideogpt.engine import EngineConfig, RolloutEngine
-from ivideogpt.engine.kv_cache import DecodeBatch, ForkGroup, KVCachePool, SessionRow
+from ivideogpt.engine.kv_cache import ForkGroup, SessionRow
 from ivideogpt.engine.runner import CONFIG_FILE, MODULES, ModelRunner, module_folder
 from ivideogpt.model import WorldModel
 from ivideogpt.sampling import SamplingParams
@@ -55,17 +55,16 @@ def test_every_module_matches_its_eager_twin(model: WorldModel, repository: Path
 
         results = []
         for runner in (eager, scripted):  # same pool contents for both: two sessions and a fork group
-            pool = KVCachePool(trm, 8 << 20, 16)
+            pool = runner.allocate_cache(8 << 20, 16)
             s1, s2, forks = pool.allocate_slot(), pool.allocate_slot(), pool.allocate(2 * 17)
             prefill = runner.prefill(x[None], *pool.slot_views(s1), 0)
             runner.prefill(x[None, :3], *pool.slot_views(s2), 0)
-            batch = DecodeBatch(
-                pool,
+            meta = pool.metadata(
                 4,
                 [SessionRow(0, s1.start, 5), SessionRow(1, s2.start, 3)],
                 [ForkGroup(slice(2, 4), s1.start, 5, forks.start, 17, 0)],
             )
-            hidden = runner.decode(x[:4], batch.inputs())
+            hidden = runner.decode(x[:4], meta)
             results.append((prefill, hidden, *runner.heads(hidden)))
         for e, s in zip(*results, strict=True):
             assert (e - s).abs().max() <= 1e-5

@@ -113,4 +113,3 @@ def test_a_fleet_of_sessions_gets_answers_never_5xx(gw: Gateway, prefix: str) ->
     left = [k.decode() for k in r.scan_iter(match=f"{prefix}*") if b":key:" not in k and b":replica:" not in k]
     assert not left, left[:10]  # no record, history or lease outlives its deleted session
     print(f"{SESSIONS} sessions x {STEPS} steps in {elapsed:.1f} s; answers {dict(statuses)}")
-

@@ -401,6 +401,6 @@ def test_torch_threads_setting_sets_the_engine_threads(model_path: Path) -> None
     try:
         engine = backend.engine
         assert engine.stats()["threads"] == want
-        assert engine.scheduler.run_exclusive(torch.get_num_threads) == want  # the thread that runs the model
+        assert engine.loop.run_exclusive(torch.get_num_threads) == want  # the thread that runs the model
     finally:
         backend.shutdown()

@@ -106,7 +106,6 @@ def test_a_draining_service_takes_no_new_work(backend: LocalBackend) -> None:
         await svc.delete("k", sid)
         assert backend.stats()["sessions"] == 0
 
-
     asyncio.run(main())
 
 

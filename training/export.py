@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ivideogpt.checkpoint import load
-from ivideogpt.engine.kv_cache import DecodeBatch, KVCachePool, SessionRow
+from ivideogpt.engine.kv_cache import SessionRow
 from ivideogpt.engine.runner import CONFIG_FILE, MODULES, ModelRunner, module_folder
 from ivideogpt.model import WorldModel
 from ivideogpt.triton_protocol import MODEL_NAME as ROLLOUT_MODEL
@@ -122,16 +122,27 @@ def export(model: WorldModel, out: str | Path, session_ttl_s: float = 3600.0) ->
         with_action = torch.tensor([True, False])
         x = runner.embed(tokens, actions, with_action)
         slot_bytes = 2 * trm.n_layers * trm.hidden_size * 4 * (trm.max_positions + 16)
-        pool = KVCachePool(trm, cache_bytes=slot_bytes, block_size=16)  # one session's slot
+        pool = runner.allocate_cache(slot_bytes, block_size=16)  # one session's slot
         table = pool.allocate_slot()
         k_slot, v_slot = pool.slot_views(table)
         hidden_prefill = runner.prefill(x[None], k_slot, v_slot, 0)
-        batch = DecodeBatch(pool, 1, [SessionRow(0, table.start, 2)], [])
-        hidden = runner.decode(x[:1], batch.inputs())
+        meta = pool.metadata(1, [SessionRow(0, table.start, 2)], [])
+        hidden = runner.decode(x[:1], meta)
         logits, rewards = runner.heads(hidden)
 
     feature_specs = [_spec(f"FEATURE_{i}", f) for i, f in enumerate(features)]
-    decode_inputs = batch.inputs()
+    cache = pool.cache
+    decode_inputs = (
+        meta.positions,
+        cache.k,
+        cache.v,
+        meta.write,
+        meta.rows,
+        meta.slots,
+        meta.window,
+        meta.mask,
+        meta.forks,
+    )
     decode_names = (
         "POSITIONS",
         "POOL_K",
