@@ -29,13 +29,13 @@ import httpx
 import msgpack
 import numpy as np
 import torch
+from ivideogpt_client.proto_gen.worldmodel.v1 import worldmodel_pb2 as pb
+from ivideogpt_client.proto_gen.worldmodel.v1 import worldmodel_pb2_grpc as pb_grpc
 
 from ivideogpt.frames import from_uint8_hwc
 from ivideogpt.sampling import SamplingParams
-from server.backend import LocalBackend
+from server.backends.local import LocalBackend
 from server.metrics import Metrics
-from server.proto_gen.worldmodel.v1 import worldmodel_pb2 as pb
-from server.proto_gen.worldmodel.v1 import worldmodel_pb2_grpc as pb_grpc
 from server.registry import MemoryRegistry
 from server.sessions import SessionService
 from server.settings import Settings
@@ -85,7 +85,7 @@ def main() -> None:
 def run(h, gw, backend: LocalBackend, steps: int) -> dict[str, list[float]]:
     engine = backend.engine
     loop = asyncio.new_event_loop()
-    svc = SessionService(backend.settings, backend, MemoryRegistry(), Metrics(backend.stats))
+    svc = SessionService(backend.settings, backend, MemoryRegistry(), Metrics())
     ctx = h.context(0)
     act = np.float32([[0.5, -0.5, 0.0, 1.0]])
     pngs = [h.png_b64(f) for f in ctx]

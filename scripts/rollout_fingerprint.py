@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
             record(engine, tag, out)
         finally:
             engine.shutdown()
-    bf16 = RolloutEngine.from_checkpoint(REPO / "models" / "default", EngineConfig(cache_bytes=64 << 20, dtype="bfloat16"))
+    bf16_config = EngineConfig(cache_bytes=64 << 20, dtype="bfloat16")
+    bf16 = RolloutEngine.from_checkpoint(REPO / "models" / "default", bf16_config)
     try:
         sid = bf16.open(readme_context(), SamplingParams(seed=0))
         step = bf16.step(sid, acts(1, 5))

@@ -15,7 +15,7 @@ from server.metrics import Metrics
 
 
 def controller(engine: int = 4, queued: int = 8, timeout_s: float = 5.0) -> AdmissionController:
-    return AdmissionController(engine, queued, timeout_s, Metrics(dict))
+    return AdmissionController(engine, queued, timeout_s, Metrics())
 
 
 def rejections(adm: AdmissionController, reason: str) -> float:
@@ -109,7 +109,7 @@ def test_frames_count_until_the_engine_work_ends_even_when_its_caller_stopped_wa
         with pytest.raises(TimeoutError):
             async with adm.admit(3) as engine:
                 async with asyncio.timeout(0.05):
-                    await engine.run(release.wait)
+                    await engine.run(asyncio.to_thread(release.wait))
         assert adm.running == 3  # the thread still runs
         release.set()
         for _ in range(100):

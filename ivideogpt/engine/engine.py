@@ -86,14 +86,14 @@ class RolloutEngine:
         self.restores = 0
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, config: EngineConfig | None = None) -> RolloutEngine:
-        return cls(load(path), config)
+    def from_checkpoint(cls, path: str | Path, config: EngineConfig | None = None, **options) -> RolloutEngine:
+        return cls(load(path), config, **options)
 
     @classmethod
-    def from_repository(cls, path: str | Path, config: EngineConfig | None = None) -> RolloutEngine:
+    def from_repository(cls, path: str | Path, config: EngineConfig | None = None, **options) -> RolloutEngine:
         """Serve the TorchScript modules that ``training.export`` wrote into a model repository."""
         config = config or EngineConfig()
-        return cls(ModelRunner.from_repository(path, config.device, config.torch_dtype()), config)
+        return cls(ModelRunner.from_repository(path, config.device, config.torch_dtype()), config, **options)
 
     def shutdown(self) -> None:
         self.loop.shutdown()

@@ -8,11 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from server.auth import Caller
-from server.convert import frames_out
+from server.deps import Caller
 from server.samples import sample_episodes, sample_frames
 from server.schemas import ErrorBody, ModelInfo, ModelList, SampleContext, SampleEpisodes
-from server.wire import msgpack_response, wants_msgpack
+from server.wire import frames_out, msgpack_response, wants_msgpack
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
