@@ -275,6 +275,7 @@ class LlamaLayers(nn.Module):
             write = write[kept]
         # every row a slot row, row i in slot i of the window: no scatter of queries, no gather
         direct = win[1] == n // t and rows == slots and rows == [i for i in range(n // t)]
+        in_order = torch.arange(len(rows), device=x.device)  # the slot rows among themselves (beside forks)
         for i, layer in enumerate(self.layers):
             y = layer.attn_norm(x)
             qkv = layer.attn.qkv_proj(y).view(n, 3 * h, dh)
@@ -289,14 +290,16 @@ class LlamaLayers(nn.Module):
                     k, v = k[kept], v[kept]
                 pk.index_copy_(1, write, k.transpose(0, 1).to(pk.dtype))
                 pv.index_copy_(1, write, v.transpose(0, 1).to(pv.dtype))
-                if t > 1:
+                if direct and t == 1 and win[1] == 1:
+                    out = self._one_slot(q, pk, pv, win, mask)
+                elif len(fork_meta) == 0:
                     out = self._slot_rows(q, pk, pv, meta.rows, meta.slots, win, mask, t, direct)
-                elif direct:
-                    out = self._sessions_direct(q, pk, pv, win, mask)
-                else:
+                else:  # slot rows and fork groups in one step (one token per row)
                     out = torch.empty_like(q)  # [N, H, Dh]
                     if len(rows) > 0:
-                        out[meta.rows] = self._sessions(q, pk, pv, meta.rows, meta.slots, win, mask)
+                        out[meta.rows] = self._slot_rows(
+                            q[meta.rows], pk, pv, in_order, meta.slots, win, mask, 1, False
+                        )
                     for group in fork_meta:
                         first, kf = group[0], group[1]
                         out[first : first + kf] = self._forks(q[first : first + kf], pk, pv, group)
@@ -328,7 +331,10 @@ class LlamaLayers(nn.Module):
         t: int,
         direct: bool,
     ) -> torch.Tensor:
-        """Slot rows of t > 1 tokens each (prefills, dense batches): q [N, H, Dh] -> [N, H, Dh]."""
+        """Slot rows of t tokens each, over the window's slots in one kernel: q [N, H, Dh] -> [N, H, Dh].
+
+        ``direct``: row i is the window's slot i; else the queries are scattered onto the window's
+        slots (those without a row attend to their first key only) and gathered back."""
         b, h, dh = q.shape[0] // t, self.n_heads, self.head_dim
         keys, values = self._window(pk, win, q.dtype), self._window(pv, win, q.dtype)
         queries = q.view(b, t, h, dh).transpose(1, 2)  # [B, H, T, Dh]
@@ -336,9 +342,9 @@ class LlamaLayers(nn.Module):
             scattered = torch.zeros(win[1], h, t, dh, dtype=q.dtype, device=q.device)
             scattered[slots] = queries[rows]
             queries = scattered
-        if mask is None:  # a causal block from position 0
+        if mask is None and t > 1:  # a causal block from position 0
             out = F.scaled_dot_product_attention(queries, keys, values, is_causal=True)
-        else:
+        else:  # one token per row sees all its keys, or the mask says which
             out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
         if not direct:
             gathered = torch.empty(b, h, t, dh, dtype=q.dtype, device=q.device)
@@ -346,40 +352,17 @@ class LlamaLayers(nn.Module):
             out = gathered
         return out.transpose(1, 2).reshape(b * t, h, dh)
 
-    def _sessions_direct(
+    def _one_slot(
         self, q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, win: list[int], mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """One token per row, the rows being the window's slots in order: q [B, H, Dh] -> [B, H, Dh]."""
-        lo, n, span, slot_tokens = win[0], win[1], win[2], win[3]
-        h, dh = self.n_heads, self.head_dim
-        if n == 1:  # one slot: its keys are one contiguous run, single-query attention
-            start = lo * slot_tokens
-            keys, values = pk[:, start : start + span].to(q.dtype), pv[:, start : start + span].to(q.dtype)
-            row_mask: torch.Tensor | None = None
-            if mask is not None:
-                row_mask = mask[0]
-            return single_query_attention(q.view(h, 1, dh), keys, values, row_mask).view(1, h, dh)
-        keys, values = self._window(pk, win, q.dtype), self._window(pv, win, q.dtype)  # [n, H, span, Dh]
-        out = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask)
-        return out[:, :, 0]
-
-    def _sessions(
-        self,
-        q: torch.Tensor,
-        pk: torch.Tensor,
-        pv: torch.Tensor,
-        rows: torch.Tensor,
-        slots: torch.Tensor,
-        win: list[int],
-        mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """One token per slot row, other rows in the batch: scatter the queries onto the window, gather back."""
-        h, dh = self.n_heads, self.head_dim
-        keys, values = self._window(pk, win, q.dtype), self._window(pv, win, q.dtype)  # [n, H, span, Dh]
-        queries = torch.zeros(win[1], h, 1, dh, dtype=q.dtype, device=q.device)
-        queries[slots] = q[rows][:, :, None]
-        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
-        return out[slots][:, :, 0]
+        """One token of one slot (a lone session's decode step): its keys are one contiguous run, and
+        single-query attention in three plain kernels beats SDPA's fixed cost. q [1, H, Dh] -> [1, H, Dh]."""
+        start, span = win[0] * win[3], win[2]
+        keys, values = pk[:, start : start + span].to(q.dtype), pv[:, start : start + span].to(q.dtype)
+        row_mask: torch.Tensor | None = None
+        if mask is not None:
+            row_mask = mask[0]
+        return single_query_attention(q.view(self.n_heads, 1, self.head_dim), keys, values, row_mask)[None, :, 0]
 
     def _forks(self, q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, group: list[int]) -> torch.Tensor:
         """A fork group's rows over the shared prefix (read once) and each row's own suffix, in one softmax."""

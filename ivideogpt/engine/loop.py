@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -100,13 +100,16 @@ class EngineLoop:
         self._ended = True
         self._fail_pending()
 
-    def _take_inbox(self) -> None:
-        """Exclusive work runs now; requests join the scheduler's queue."""
+    def _inbox_items(self) -> Iterator[Request | tuple[Callable[[], Any], Future]]:
         while True:
             try:
-                item = self._inbox.get_nowait()
+                yield self._inbox.get_nowait()
             except queue.Empty:
                 return
+
+    def _take_inbox(self) -> None:
+        """Exclusive work runs now; requests join the scheduler's queue."""
+        for item in self._inbox_items():
             if isinstance(item, Request):
                 self.scheduler.add(item)
                 continue
@@ -181,11 +184,7 @@ class EngineLoop:
         """After shutdown every request and task still waiting ends with ``EngineStopped``: nobody waits for ever."""
         error = EngineStopped("the engine shut down")
         pending = self.scheduler.abort(error, waiting=True) if threading.current_thread() is self._thread else []
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                break
+        for item in self._inbox_items():
             if isinstance(item, Request):
                 pending.append(Finished(item, error))
             else:
