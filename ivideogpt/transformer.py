@@ -275,7 +275,8 @@ class LlamaLayers(nn.Module):
             write = write[kept]
         # every row a slot row, row i in slot i of the window: no scatter of queries, no gather
         direct = win[1] == n // t and rows == slots and rows == [i for i in range(n // t)]
-        in_order = torch.arange(len(rows), device=x.device)  # the slot rows among themselves (beside forks)
+        # beside fork rows, the slot rows go through _slot_rows among themselves, in order
+        in_order = torch.arange(len(rows), device=x.device) if len(fork_meta) > 0 else meta.rows
         for i, layer in enumerate(self.layers):
             y = layer.attn_norm(x)
             qkv = layer.attn.qkv_proj(y).view(n, 3 * h, dh)

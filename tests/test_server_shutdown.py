@@ -5,6 +5,7 @@ bound is not recorded half (the history has it whole or not at all); a second SI
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,14 @@ def prefix() -> Iterator[str]:
     p = redis_prefix()
     yield p
     clear_redis(p)
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def settings(prefix: str, drain_s: float) -> dict[str, str]:
@@ -111,7 +120,7 @@ def test_a_second_sigterm_exits_at_once(prefix: str, gateways: Gateways) -> None
         fleet = Fleet(g.url, sessions=8, h=32)
         wait_until("every session stepped", fleet.running)
         g.proc.send_signal(signal.SIGTERM)
-        wait_until("the gateway drains", lambda: httpx.get(f"{g.url}/readyz", timeout=5).status_code == 503)
+        wait_until("the gateway drains (it closes its listening socket)", lambda: not listening(g.port))
         assert g.proc.poll() is None, "exited before the in-flight steps could finish"
         g.proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
