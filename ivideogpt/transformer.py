@@ -84,7 +84,7 @@ class AttentionMetadata(NamedTuple):
     """
 
     positions: torch.Tensor  # [N] rotary position of each new token
-    write: torch.Tensor  # [N] cache position its key and value go to (-1: padding, not stored)
+    write: torch.Tensor  # [N] cache position its key and value go to (padding: -1, left out by ``stored``)
     rows: torch.Tensor  # [R] the slot rows
     slots: torch.Tensor  # [R] their slots, counted from the window's first
     window: torch.Tensor  # [4]: first slot, slots, span (keys read in each), slot_tokens
@@ -249,12 +249,14 @@ class LlamaLayers(nn.Module):
         k_cache: torch.Tensor | None,
         v_cache: torch.Tensor | None,
         meta: AttentionMetadata,
+        stored: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """New tokens x [N, D] (rows of ``t`` tokens, row-major) -> final hidden states [N, D].
 
         Without a cache: the plain causal pass over each row (``causal_metadata``), as training
         runs it. With one (k/v ``[L, H, positions, Dh]``): each token's key and value are stored
-        at ``meta.write``, then the token attends as ``meta`` says.
+        at ``meta.write`` (only the tokens ``stored`` lists, when given: the others are padding),
+        then the token attends as ``meta`` says.
         """
         n = x.shape[0]
         h, dh = self.n_heads, self.head_dim
@@ -268,11 +270,7 @@ class LlamaLayers(nn.Module):
         mask: torch.Tensor | None = None
         if meta.mask.numel() > 0:
             mask = meta.mask.to(x.dtype)
-        write = meta.write
-        kept: torch.Tensor | None = None
-        if k_cache is not None and int(write.min()) < 0:  # padding inputs are not stored
-            kept = (write >= 0).nonzero().squeeze(1)
-            write = write[kept]
+        write = meta.write if stored is None else meta.write[stored]
         # every row a slot row, row i in slot i of the window: no scatter of queries, no gather
         direct = win[1] == n // t and rows == slots and rows == [i for i in range(n // t)]
         # beside fork rows, the slot rows go through _slot_rows among themselves, in order
@@ -287,8 +285,8 @@ class LlamaLayers(nn.Module):
                 out = self._causal(q, k, v, t, layer.attn.dropout if self.training else 0.0)
             else:
                 pk, pv = k_cache[i], v_cache[i]  # [H, positions, Dh]
-                if kept is not None:
-                    k, v = k[kept], v[kept]
+                if stored is not None:
+                    k, v = k[stored], v[stored]
                 pk.index_copy_(1, write, k.transpose(0, 1).to(pk.dtype))
                 pv.index_copy_(1, write, v.transpose(0, 1).to(pv.dtype))
                 if direct and t == 1 and win[1] == 1:
@@ -363,7 +361,8 @@ class LlamaLayers(nn.Module):
         row_mask: torch.Tensor | None = None
         if mask is not None:
             row_mask = mask[0]
-        return single_query_attention(q.view(self.n_heads, 1, self.head_dim), keys, values, row_mask)[None, :, 0]
+        h, dh = self.n_heads, self.head_dim
+        return single_query_attention(q.view(h, 1, dh), keys, values, row_mask).view(1, h, dh)
 
     def _forks(self, q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, group: list[int]) -> torch.Tensor:
         """A fork group's rows over the shared prefix (read once) and each row's own suffix, in one softmax."""
@@ -442,7 +441,8 @@ class WorldModelTransformer(LlamaLayers):
         if cache.lengths is None:
             raise ValueError("a dense forward pass needs a cache with one slot per row (KVCache.empty)")
         meta, end = dense_metadata(cache.lengths, t, n_new, cache.slot_tokens)
-        hidden = self.forward_tokens(x.reshape(b * t, d), t, cache.k, cache.v, meta)
+        stored = None if n_new is None else (meta.write >= 0).nonzero().squeeze(1)  # padding is not stored
+        hidden = self.forward_tokens(x.reshape(b * t, d), t, cache.k, cache.v, meta, stored)
         cache.lengths = end
         return hidden.view(b, t, d)
 

@@ -166,16 +166,16 @@ class ModelRunner:
         logits = logits.cpu()
         lay = self.layout
         allowed = (lay.future_offset, lay.future_offset + lay.future_codebook_size)
-        tokens = torch.zeros(batch.n_rows, dtype=torch.long)
+        tokens = None
         for group in batch.sampling:
             params = group.params
             uniforms = None if params.greedy else draw_uniforms(group.generators)
-            # one group holding every row in order (a lone session, say): no gather
-            every_row = group.rows == list(range(batch.n_rows))
-            group_logits = logits if every_row else logits[torch.tensor(group.rows)]
-            sampled = sample_tokens(group_logits, params, uniforms, allowed)
-            if every_row:
-                tokens = sampled
-            else:
-                tokens[torch.tensor(group.rows)] = sampled
+            if group.rows == list(range(batch.n_rows)):  # one group holding every row in order (a lone session, say)
+                tokens = sample_tokens(logits, params, uniforms, allowed)
+                continue
+            index = torch.tensor(group.rows)
+            tokens = torch.zeros(batch.n_rows, dtype=torch.long) if tokens is None else tokens
+            tokens[index] = sample_tokens(logits[index], params, uniforms, allowed)
+        if tokens is None:  # no row samples at this step (every one fed a frame's last token)
+            tokens = torch.zeros(batch.n_rows, dtype=torch.long)
         return StepOutput(tokens, rewards.cpu() if self.cfg.transformer.reward_head else None)
