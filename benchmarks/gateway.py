@@ -198,7 +198,7 @@ def report(times: dict[str, list[float]], steps: int, model: Path) -> list[str]:
         "",
         "Where the overhead goes: every transport crosses two more threads than the in-process call "
         "(event loop -> worker thread running the engine's blocking step -> event loop; the engine's "
-        "scheduler thread is common to both), and each wake-up waits for a core when the machine is "
+        "token thread is common to both), and each wake-up waits for a core when the machine is "
         "loaded; `service in process` is the session service (lease, history append, last result, "
         "the worker thread) without any transport or second process; REST adds HTTP parsing and pydantic validation "
         "(about 1 ms round trip for a GET on this machine) and JSON adds the PNG encoding. On these shared "

@@ -73,7 +73,7 @@ class KVCachePool:
     def blocks_for(self, tokens: int) -> int:
         return math.ceil(tokens / self.block_size)
 
-    # allocation (only the scheduler thread calls these)
+    # allocation (only the engine's token thread calls these)
     def allocate_slot(self) -> BlockTable:
         """A session's slot: max_positions tokens on the slot grid."""
         for slot in range(self.n_slots):
