@@ -29,13 +29,13 @@ import httpx
 import msgpack
 import numpy as np
 import torch
+from ivideogpt_client.proto_gen.worldmodel.v1 import worldmodel_pb2 as pb
+from ivideogpt_client.proto_gen.worldmodel.v1 import worldmodel_pb2_grpc as pb_grpc
 
 from ivideogpt.frames import from_uint8_hwc
 from ivideogpt.sampling import SamplingParams
-from server.backend import LocalBackend
+from server.backends.local import LocalBackend
 from server.metrics import Metrics
-from server.proto_gen.worldmodel.v1 import worldmodel_pb2 as pb
-from server.proto_gen.worldmodel.v1 import worldmodel_pb2_grpc as pb_grpc
 from server.registry import MemoryRegistry
 from server.sessions import SessionService
 from server.settings import Settings
@@ -85,7 +85,7 @@ def main() -> None:
 def run(h, gw, backend: LocalBackend, steps: int) -> dict[str, list[float]]:
     engine = backend.engine
     loop = asyncio.new_event_loop()
-    svc = SessionService(backend.settings, backend, MemoryRegistry(), Metrics(backend.stats))
+    svc = SessionService(backend.settings, backend, MemoryRegistry(), Metrics())
     ctx = h.context(0)
     act = np.float32([[0.5, -0.5, 0.0, 1.0]])
     pngs = [h.png_b64(f) for f in ctx]
@@ -198,7 +198,7 @@ def report(times: dict[str, list[float]], steps: int, model: Path) -> list[str]:
         "",
         "Where the overhead goes: every transport crosses two more threads than the in-process call "
         "(event loop -> worker thread running the engine's blocking step -> event loop; the engine's "
-        "scheduler thread is common to both), and each wake-up waits for a core when the machine is "
+        "token thread is common to both), and each wake-up waits for a core when the machine is "
         "loaded; `service in process` is the session service (lease, history append, last result, "
         "the worker thread) without any transport or second process; REST adds HTTP parsing and pydantic validation "
         "(about 1 ms round trip for a GET on this machine) and JSON adds the PNG encoding. On these shared "

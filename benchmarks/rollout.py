@@ -246,7 +246,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     # one frame's pixels alone, timed on the engine's own pixel thread
     feats = tiny.tokenizer.decode_context(tiny.tokenizer.encode_context(torch.rand(1, 2, 3, 64, 64))[0])[1]
     ids = torch.randint(0, tiny.cfg.tokenizer.future_codebook_size, (1, 1, tiny.cfg.tokenizer.future_tokens))
-    decode = teng._pixels.submit(lambda: timed(lambda: teng._decode(feats, ids[0, 0]), repeat=20)).result()
+    decode = teng.loop.pixels.submit(lambda: timed(lambda: teng.runner.decode_frame(feats, ids[0, 0]), repeat=20))
+    decode = decode.result()
     report("tiny_pixel_decode_ms", 1000 * decode)
     report("tiny_pixels_hidden", 1 - added / decode)
     sids = [teng.open(torch.rand(2, 3, 64, 64)) for _ in range(32)]

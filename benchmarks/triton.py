@@ -23,8 +23,8 @@ import torch
 from ivideogpt.engine import EngineConfig, RolloutEngine
 from ivideogpt.frames import from_uint8_hwc
 from ivideogpt.sampling import SamplingParams
-from ivideogpt.triton_client import TritonRolloutClient
-from ivideogpt.triton_server import TritonServer
+from ivideogpt_triton.server import TritonServer
+from server.backends.triton_client import TritonRolloutClient
 
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "## Triton (`python -m benchmarks.triton`)"

@@ -16,8 +16,11 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY ivideogpt ./ivideogpt
+COPY ivideogpt_triton ./ivideogpt_triton
 COPY server ./server
 COPY training ./training
+# the SDK's package ships with the gateway: its servicer uses the SDK's generated gRPC code
+COPY clients/python/ivideogpt_client ./clients/python/ivideogpt_client
 RUN pip install .
 
 # What the gateway reads at run time, relative to /app: the exported default model (its

@@ -8,14 +8,16 @@ FROM nvcr.io/nvidia/tritonserver:24.10-py3
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The Python backend's stub in this image runs the image's Python 3.10, so our package goes
-# into that interpreter. ivideogpt/ needs only torch, numpy and safetensors and runs on 3.10
-# (tests/test_docker_compose.py checks its syntax); the gateway (server/, Python 3.11) is not
-# part of this image, hence --no-deps --ignore-requires-python. torch comes from PyPI: the CUDA build.
+# The Python backend's stub in this image runs the image's Python 3.10, so our packages go
+# into that interpreter: the library (ivideogpt/) and the model (ivideogpt_triton/) need only
+# torch, numpy and safetensors and run on 3.10 (tests/test_docker_compose.py checks their syntax);
+# the gateway (server/, Python 3.11) is not part of this image, hence --no-deps
+# --ignore-requires-python. torch comes from PyPI: the CUDA build.
 RUN pip install torch==2.13.0 numpy==1.26.4 safetensors==0.8.0
 
 COPY pyproject.toml README.md /tmp/ivideogpt-src/
 COPY ivideogpt /tmp/ivideogpt-src/ivideogpt
+COPY ivideogpt_triton /tmp/ivideogpt-src/ivideogpt_triton
 RUN pip install --no-deps --ignore-requires-python /tmp/ivideogpt-src && rm -rf /tmp/ivideogpt-src
 
 # the committed export of models/default (tests/test_export.py keeps it current)

@@ -20,7 +20,6 @@ import torch
 
 from ivideogpt.checkpoint import load
 from ivideogpt.config import PRESETS, preset
-from ivideogpt.engine.config import EngineConfig
 from ivideogpt.model import WorldModel
 from ivideogpt.rollout import Rollout
 from ivideogpt.sampling import SamplingParams
@@ -75,8 +74,6 @@ def main(argv: list[str] | None = None) -> None:
     model = WorldModel(preset(args.random)) if args.random else load(args.checkpoint, args.device)
     model = model.to(args.device).eval()
     parameters = sum(p.numel() for p in model.parameters())
-    # a small model's steps are dispatch bound: a second intra-op thread only waits (for cores others use)
-    torch.set_num_threads(EngineConfig(threads=args.threads).intra_op_threads(parameters))
     cfg = model.cfg
     tok, c = cfg.tokenizer, cfg.tokenizer.context_length
     source, frames, actions, rewards = heldout_episode(HELDOUT, args.episode)
@@ -90,17 +87,17 @@ def main(argv: list[str] | None = None) -> None:
         rewards = None
         print("context: random noise (held-out frames and actions do not fit this model), random actions")
 
-    rollout = Rollout(model, video[None, :c], SamplingParams(seed=args.seed, greedy=args.greedy))
+    rollout = Rollout(model, video[None, :c], SamplingParams(seed=args.seed, greedy=args.greedy), args.threads)
     steps = min(args.steps, rollout.max_steps, len(video) - c)
     origin = f"untrained {args.random}" if args.random else args.checkpoint
     print(
         f"model {cfg.name} ({origin}, {parameters / 1e6:.1f}M parameters, intra-op threads "
-        f"{torch.get_num_threads()}): {tok.resolution}x{tok.resolution}, {c} context frames, "
+        f"{rollout.engine.loop.threads}): {tok.resolution}x{tok.resolution}, {c} context frames, "
         f"{tok.future_tokens} tokens per future frame"
     )
     if steps < args.steps:
         why = (
-            f"this single-cache loop has room for {rollout.max_steps} future frames "
+            f"this reference loop stops after one anchor, {rollout.max_steps} future frames "
             f"({cfg.transformer.max_positions} positions; the server's engine re-anchors and runs on)"
             if steps == rollout.max_steps
             else f"the episode has {len(video) - c} frames after the context"

@@ -9,7 +9,7 @@ import sys
 import uvicorn
 
 from server.app import create_app
-from server.backend import resolve_model_dir, resolve_model_repository
+from server.backends.local import resolve_model_dir, resolve_model_repository
 from server.settings import Settings
 from server.shutdown import GracefulServer
 

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,28 +28,28 @@ THROUGHPUT_WINDOW_S = 10.0
 
 
 class Admitted:
-    """One admitted request's share of the engine: its blocking engine calls run through it."""
+    """One admitted request's share of the engine: its backend calls run through it."""
 
     def __init__(self, release: Callable[[], None]):
         self._release = release
         self._running = 0
         self._closed = self._released = False
 
-    def start(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """``fn(*args)`` in a worker thread; it runs to its end even if nobody awaits it any more."""
-        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    def start(self, call: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """``call`` as a task of its own: it runs to its end even if nobody awaits it any more."""
+        task = asyncio.ensure_future(call)
         self._running += 1
-        fut.add_done_callback(self._ended)
-        return fut
+        task.add_done_callback(self._ended)
+        return task
 
-    async def run(self, fn: Callable[..., T], *args: Any, undo: Callable[[T], object] | None = None) -> T:
-        """``start`` and wait; when the caller stops waiting first, ``undo`` gets the late result (in a thread)."""
-        fut = self.start(fn, *args)
+    async def run(self, call: Coroutine[Any, Any, T], undo: Callable[[T], Awaitable[object]] | None = None) -> T:
+        """``start`` and wait; when the caller stops waiting first, ``undo`` gets the late result."""
+        task = self.start(call)
         try:
-            return await asyncio.shield(fut)
+            return await asyncio.shield(task)
         except BaseException:
-            if undo is not None and not fut.done():
-                fut.add_done_callback(lambda f: _undo(f, undo))
+            if undo is not None and not task.done():
+                task.add_done_callback(lambda t: _undo(t, undo))
             raise
 
     def close(self) -> None:
@@ -68,9 +68,14 @@ class Admitted:
             self._release()
 
 
-def _undo(fut: asyncio.Future, undo: Callable[[Any], object]) -> None:
-    if not fut.cancelled() and fut.exception() is None:
-        asyncio.get_running_loop().run_in_executor(None, undo, fut.result())
+_undoing: set[asyncio.Task] = set()  # undo tasks, referenced until they end
+
+
+def _undo(task: asyncio.Task, undo: Callable[[Any], Awaitable[object]]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        again = asyncio.ensure_future(undo(task.result()))
+        _undoing.add(again)
+        again.add_done_callback(_undoing.discard)
 
 
 @dataclass(eq=False)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 
@@ -21,7 +22,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.backend import make_backend
+from server.backends import Backend, make_backend
 from server.errors import ApiError, from_registry, validation_api_error
 from server.metrics import Metrics
 from server.middleware import BodyLimit, RequestCounter
@@ -77,7 +78,11 @@ def drain(app: FastAPI) -> None:
         app.state.grpc_stopped = asyncio.ensure_future(app.state.grpc_server.stop(grace=drain_s + ANSWER_S))
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, backend: Backend | None = None, clock: Callable[[], float] = time.time
+) -> FastAPI:
+    """The gateway; ``backend`` serves instead of the one the settings name (its owner shuts it down), ``clock``
+    (unix seconds) times sessions' expiry: tests run the app in process with their own."""
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager
@@ -87,10 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # every engine call blocks a thread while the engine batches it with the others: the
         # default pool (cpu + 4 threads) would cap how many sessions step together
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(settings.worker_threads, "engine-call"))
-        backend = await asyncio.to_thread(make_backend, settings)
-        log.info("ivideogpt-serve %s: model %s", VERSION, backend.describe())
-        registry = make_registry(settings)
-        app.state.service = SessionService(settings, backend, registry, app.state.metrics)
+        serving = backend or await make_backend(settings)
+        log.info("ivideogpt-serve %s: model %s", VERSION, serving.describe())
+        registry = make_registry(settings, clock)
+        app.state.service = SessionService(settings, serving, registry, app.state.metrics, clock)
         # a forwarded request waits as long as the owner may take: queue, lease, engine, Redis
         s = settings
         forward_s = s.queue_timeout_s + s.lease_wait_s + s.engine_timeout_s + 4 * s.redis_timeout_s + 5.0
@@ -119,7 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await registry.forget_replica(settings.replica_id)  # stop others forwarding here
             await app.state.http.aclose()
             await registry.close()
-            backend.shutdown()
+            if backend is None:
+                await serving.shutdown()
 
     app = FastAPI(
         title="iVideoGPT world model gateway",
@@ -133,14 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = None
     app.state.grpc_server = app.state.grpc_stopped = None
 
-    def stats() -> dict:
-        svc = app.state.service
-        zero = dict.fromkeys(
-            ("sessions", "cache_blocks_used", "cache_blocks_free", "batch_rows_last", "evictions", "restores"), 0
-        )
-        return svc.backend.stats() if svc is not None else zero
-
-    app.state.metrics = Metrics(stats)
+    app.state.metrics = Metrics()
     install_error_handlers(app)
     for r in (health.router, models.router, sessions.router, stream.router, render.router, pages.router):
         app.include_router(r)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 from redis.exceptions import RedisError
 
@@ -59,6 +61,15 @@ def as_api_error(exc: Exception) -> ApiError:
     if isinstance(exc, RedisError):
         return from_registry(exc)
     raise exc
+
+
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """Typed engine errors raised inside as API errors (``from_engine``)."""
+    try:
+        yield
+    except Exception as exc:
+        raise from_engine(exc) from None
 
 
 def from_engine(exc: Exception) -> ApiError:

@@ -9,16 +9,19 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
+from ivideogpt_client.proto_gen.worldmodel.v1 import worldmodel_pb2 as pb
+from ivideogpt_client.proto_gen.worldmodel.v1 import worldmodel_pb2_grpc as pb_grpc
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from server.auth import check_key
-from server.codec import array_from, array_payload, decode_png
-from server.errors import ApiError, as_api_error
-from server.proto_gen.worldmodel.v1 import worldmodel_pb2 as pb
-from server.proto_gen.worldmodel.v1 import worldmodel_pb2_grpc as pb_grpc
+from server.backends import FrameOut
+from server.deps import api_key, check_key
+from server.errors import ApiError, as_api_error, validation_api_error
 from server.registry import SessionRecord
-from server.sessions import FrameOut, SessionService
+from server.schemas import Sampling
+from server.sessions import SessionService
 from server.settings import Settings
+from server.wire import array_from, array_payload, decode_png
 
 STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -64,10 +67,8 @@ class WorldModelService(pb_grpc.WorldModelServicer):
         self.svc, self.settings = service, settings
 
     def _key(self, context: grpc.aio.ServicerContext) -> str:
-        md = {k.lower(): v for k, v in context.invocation_metadata() or ()}
-        auth = md.get("authorization", "")
-        key = auth[7:] if auth.lower().startswith("bearer ") else md.get("x-api-key")
-        return check_key(self.settings, key)
+        metadata = {k.lower(): v for k, v in context.invocation_metadata() or ()}
+        return check_key(self.settings, api_key(metadata))
 
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
@@ -78,18 +79,14 @@ class WorldModelService(pb_grpc.WorldModelServicer):
         context.set_trailing_metadata(tuple(trailing))
         await context.abort(STATUS.get(err.status, grpc.StatusCode.UNKNOWN), str(err))
 
-    def _sampling(self, s: pb.Sampling) -> dict:
-        out = dict(self.svc.model_info()["sampling_defaults"])
-        for name in ("temperature", "top_k", "greedy", "seed"):
-            if s.HasField(name):
-                out[name] = getattr(s, name)
-        if not out["greedy"] and not (0 < out["temperature"] <= 100):
-            raise ApiError(422, "invalid_input", "must be in (0, 100]", "sampling.temperature")
-        if out["top_k"] < 0:
-            raise ApiError(422, "invalid_input", "must be >= 0", "sampling.top_k")
-        if out["seed"] >= 1 << 63:
-            raise ApiError(422, "invalid_input", "must be < 2**63", "sampling.seed")
-        return out
+    @staticmethod
+    def _sampling(s: pb.Sampling) -> dict:
+        """The fields set, checked by REST's own schema (the same limits and messages)."""
+        fields = {name: getattr(s, name) for name in ("temperature", "top_k", "greedy", "seed") if s.HasField(name)}
+        try:
+            return Sampling.model_validate(fields).model_dump()
+        except ValidationError as exc:
+            raise validation_api_error([{**e, "loc": ("sampling", *e["loc"])} for e in exc.errors()]) from None
 
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
         try:

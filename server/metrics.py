@@ -11,8 +11,11 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+ENGINE_STATS = ("sessions", "cache_blocks_used", "cache_blocks_free", "batch_rows_last", "evictions", "restores")
+
+
 class EngineCollector(Collector):
-    """Engine gauges read at scrape time (no polling thread, never stale)."""
+    """Engine gauges as the backend reported them at this scrape (``/metrics`` asks it first: never stale)."""
 
     def __init__(self, stats: Callable[[], dict]):
         self.stats = stats
@@ -28,7 +31,8 @@ class EngineCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, stats: Callable[[], dict]):
+    def __init__(self) -> None:
+        self.engine_stats = dict.fromkeys(ENGINE_STATS, 0)  # the backend's counters, updated at each scrape
         self.registry = CollectorRegistry()
         r = self.registry
         self.step_latency = Histogram(
@@ -72,4 +76,4 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        r.register(EngineCollector(stats))
+        r.register(EngineCollector(lambda: self.engine_stats))

@@ -15,16 +15,19 @@ Every Redis call is bounded: a pool of ``redis_max_connections`` that waits
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.lock import Lock
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import LockNotOwnedError, RedisError
 
 from ivideogpt.engine import SessionHistory, StepRecord
 from server.settings import Settings
@@ -82,15 +85,19 @@ class _Entry:
 
 
 class MemoryRegistry:
-    """One replica's registry: sessions die with the process (history still survives engine eviction)."""
+    """One replica's registry: sessions die with the process (history still survives engine eviction).
 
-    def __init__(self) -> None:
+    ``clock`` (unix seconds) decides expiry and lease lapses; tests pass their own.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self._entries: dict[str, _Entry] = {}
         self._leases: dict[str, tuple[str, float]] = {}
 
     def _live(self, sid: str) -> _Entry | None:
         entry = self._entries.get(sid)
-        if entry is not None and entry.rec.expires < time.time():
+        if entry is not None and entry.rec.expires < self.clock():
             del self._entries[sid]
             return None
         return entry
@@ -150,19 +157,19 @@ class MemoryRegistry:
 
     def _holds(self, sid: str, replica: str) -> bool:
         owner = self._leases.get(sid)
-        return owner is not None and owner[0] == replica and owner[1] > time.monotonic()
+        return owner is not None and owner[0] == replica and owner[1] > self.clock()
 
     async def acquire_lease(self, sid: str, replica: str, ttl_s: float) -> bool:
         owner = self._leases.get(sid)
-        if owner is None or owner[0] == replica or owner[1] <= time.monotonic():
-            self._leases[sid] = (replica, time.monotonic() + ttl_s)
+        if owner is None or owner[0] == replica or owner[1] <= self.clock():
+            self._leases[sid] = (replica, self.clock() + ttl_s)
             return True
         return False
 
     async def renew_lease(self, sid: str, replica: str, ttl_s: float) -> bool:
         if not self._holds(sid, replica):
             return False
-        self._leases[sid] = (replica, time.monotonic() + ttl_s)
+        self._leases[sid] = (replica, self.clock() + ttl_s)
         return True
 
     async def release_lease(self, sid: str, replica: str) -> None:
@@ -181,26 +188,6 @@ class MemoryRegistry:
     async def close(self) -> None:
         return None
 
-
-_ACQUIRE = """
-local v = redis.call('GET', KEYS[1])
-if (not v) or v == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# extends a lease only while this replica holds it: a renewal never takes a released lease back
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 # KEYS: lease, steps, reanchors, last, record
 # ARGV: replica, expected steps, expected reanchors, n_steps, steps..., n_reanchors, reanchors..., last
@@ -252,9 +239,6 @@ class RedisRegistry:
         )
         self.redis = aioredis.Redis.from_pool(pool)
         self.prefix = prefix
-        self._acquire = self.redis.register_script(_ACQUIRE)
-        self._renew = self.redis.register_script(_RENEW)
-        self._release = self.redis.register_script(_RELEASE)
         self._append = self.redis.register_script(_APPEND)
 
     def _k(self, kind: str, sid: str) -> str:
@@ -341,14 +325,33 @@ class RedisRegistry:
     async def last_result(self, sid: str) -> bytes | None:
         return await self.redis.get(self._k("last", sid))
 
+    # a lease is a redis-py lock whose token is the replica's id (the history append checks that token)
+    def _lease(self, sid: str, replica: str, ttl_s: float | None = None) -> Lock:
+        lease = self.redis.lock(self._k("lease", sid), timeout=ttl_s, thread_local=False)
+        lease.local.token = replica  # the holder's token, for reacquire and release
+        return lease
+
     async def acquire_lease(self, sid: str, replica: str, ttl_s: float) -> bool:
-        return bool(await self._acquire(keys=[self._k("lease", sid)], args=[replica, int(ttl_s * 1000)]))
+        lease = self._lease(sid, replica, ttl_s)
+        if await lease.acquire(blocking=False, token=replica):
+            return True
+        # held already: by this replica (a release lost to a Redis outage) it is ours again, for ttl_s
+        return await self._reacquire(lease)
 
     async def renew_lease(self, sid: str, replica: str, ttl_s: float) -> bool:
-        return bool(await self._renew(keys=[self._k("lease", sid)], args=[replica, int(ttl_s * 1000)]))
+        """Extends the lease only while this replica holds it: a renewal never takes a released lease back."""
+        return await self._reacquire(self._lease(sid, replica, ttl_s))
 
     async def release_lease(self, sid: str, replica: str) -> None:
-        await self._release(keys=[self._k("lease", sid)], args=[replica])
+        with contextlib.suppress(LockNotOwnedError):  # lapsed, or taken over: nothing of ours to release
+            await self._lease(sid, replica).release()
+
+    @staticmethod
+    async def _reacquire(lease: Lock) -> bool:
+        try:
+            return await lease.reacquire()
+        except LockNotOwnedError:
+            return False
 
     async def heartbeat(self, replica: str, address: str, ttl_s: float) -> None:
         await self.redis.set(self._k("replica", replica), address, px=int(ttl_s * 1000))
@@ -364,9 +367,9 @@ class RedisRegistry:
         await asyncio.shield(self.redis.aclose())
 
 
-def make_registry(settings: Settings) -> Registry:
+def make_registry(settings: Settings, clock: Callable[[], float] = time.time) -> Registry:
     s = settings
     if not s.redis_url:
-        return MemoryRegistry()
+        return MemoryRegistry(clock)
     bounds = (s.redis_max_connections, s.redis_pool_timeout_s, s.redis_timeout_s)
     return RedisRegistry(s.redis_url, s.redis_prefix, *bounds)

@@ -18,19 +18,17 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
 
-from ivideogpt.engine import SessionHistory, SessionNotFound
-from ivideogpt.frames import from_uint8_hwc, to_uint8_hwc
-from ivideogpt.sampling import SamplingParams
+from ivideogpt.engine import SessionNotFound
+from ivideogpt.engine.inputs import InputLimits, check_actions, check_frames, check_sampling, check_sequences
 from server.admission import AdmissionController, Admitted
-from server.backend import Backend
-from server.errors import ApiError, from_engine, invalid, not_found, shutting_down
+from server.backends import Backend, FrameOut, ImagineOut, StepOut
+from server.errors import ApiError, engine_errors, not_found, shutting_down
 from server.lease import LeaseRenewal
 from server.metrics import Metrics
 from server.registry import Registry, SessionRecord
@@ -39,27 +37,8 @@ from server.settings import Settings
 log = logging.getLogger("server")
 
 
-@dataclass
-class FrameOut:
-    step_index: int
-    frame: np.ndarray | None  # uint8 [H, W, 3]
-    reward: float | None
-
-
-@dataclass
-class StepOut:
-    frames: np.ndarray | None  # uint8 [h, H, W, 3]
-    rewards: np.ndarray | None  # float32 [h]
-    step_index: int  # after the step
-
-
-@dataclass
-class ImagineOut:
-    rewards: np.ndarray | None  # float32 [K, h]
-    frames: np.ndarray | None  # uint8 [K, h, H, W, 3]
-
-
 OnFrame = Callable[[FrameOut], Awaitable[None]]
+T = TypeVar("T")
 W = TypeVar("W")
 
 
@@ -87,9 +66,28 @@ def drainable(method: Callable[..., Awaitable[W]]) -> Callable[..., Awaitable[W]
 
 
 class SessionService:
-    def __init__(self, settings: Settings, backend: Backend, registry: Registry, metrics: Metrics):
+    def __init__(
+        self,
+        settings: Settings,
+        backend: Backend,
+        registry: Registry,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ):
+        """``clock`` (unix seconds) stamps sessions' creation and expiry; tests pass their own."""
         self.settings, self.backend, self.registry, self.metrics = settings, backend, registry, metrics
-        self.info = backend.model_info()
+        self.clock = clock
+        self.info = info = backend.model_info()
+        self.limits = InputLimits(
+            info["context_frames"],
+            info["image_size"],
+            3,
+            info["action_dim"],
+            settings.max_horizon,
+            settings.max_imagine_sequences,
+            settings.max_imagine_frames,
+            (info["action_low"], info["action_high"]),
+        )
         self.replica = settings.replica_id
         self.admission = AdmissionController(
             settings.max_engine_frames, settings.max_queued_frames, settings.queue_timeout_s, metrics
@@ -121,70 +119,20 @@ class SessionService:
             "sampling_defaults": {k: v for k, v in i["sampling_defaults"].items() if k != "restrict_to_future_codes"},
         }
 
-    # validation (before anything changes)
-    def check_context(self, frames: np.ndarray, field: str = "context_frames") -> np.ndarray:
-        c, r = self.info["context_frames"], self.info["image_size"]
-        if frames.ndim != 4 or frames.shape[1:] != (r, r, 3):
-            raise invalid(field, f"shape {list(frames.shape)}, expected [{c}, {r}, {r}, 3]")
-        if frames.shape[0] != c:
-            raise invalid(field, f"{frames.shape[0]} frames, the model takes {c}")
-        if frames.dtype != np.uint8:
-            raise invalid(field, f"dtype {frames.dtype}, expected uint8")
-        return frames
-
-    def check_actions(self, actions: np.ndarray, field: str = "actions") -> np.ndarray:
-        a, dim = np.asarray(actions, dtype=np.float32), self.info["action_dim"]
-        if a.ndim != 2 or a.shape[1] != dim:
-            raise invalid(field, f"shape {list(a.shape)}, expected [h, {dim}]")
-        if not 1 <= a.shape[0] <= self.settings.max_horizon:
-            raise invalid(field, f"{a.shape[0]} actions, 1..{self.settings.max_horizon} per request")
-        if not np.isfinite(a).all():
-            raise invalid(field, "NaN or infinite values")
-        self._check_range(a, field)
-        return np.ascontiguousarray(a)
-
-    def check_sequences(self, seqs: np.ndarray, field: str = "action_sequences") -> np.ndarray:
-        a, dim, s = np.asarray(seqs, dtype=np.float32), self.info["action_dim"], self.settings
-        if a.ndim != 3 or a.shape[2] != dim or a.shape[0] < 1 or a.shape[1] < 1:
-            raise invalid(field, f"shape {list(a.shape)}, expected [K, h, {dim}] with K, h >= 1")
-        k, h = a.shape[:2]
-        if k > s.max_imagine_sequences:
-            raise invalid(field, f"{k} sequences, at most {s.max_imagine_sequences}")
-        if h > s.max_horizon:
-            raise invalid(field, f"horizon {h}, at most {s.max_horizon}")
-        if k * h > s.max_imagine_frames:
-            raise invalid(field, f"K x horizon = {k * h} frames, at most {s.max_imagine_frames}")
-        if not np.isfinite(a).all():
-            raise invalid(field, "NaN or infinite values")
-        self._check_range(a, field)
-        return np.ascontiguousarray(a)
-
-    def _check_range(self, a: np.ndarray, field: str) -> None:
-        """Actions the model never saw in training give frames nobody can trust: refuse them, naming the element."""
-        low, high = self.info["action_low"], self.info["action_high"]
-        outside = np.argwhere((a < low) | (a > high))
-        if len(outside):
-            at = tuple(int(i) for i in outside[0])
-            element = field + "".join(f"[{i}]" for i in at)
-            raise invalid(element, f"{float(a[at]):g} is outside the model's action range [{low:g}, {high:g}]")
-
     # operations
     @drainable
     async def create(self, key_id: str, frames: np.ndarray, sampling: dict) -> SessionRecord:
-        frames = self.check_context(frames)
+        with engine_errors():  # the engine's own checks, with this gateway's limits, before anything changes
+            frames, params = check_frames(frames, self.limits), check_sampling(sampling)
         self.admission.refuse_if_full(frames.shape[0])
         limit = self.settings.max_sessions_per_key
         if await self.registry.count_sessions(key_id) >= limit:
             raise ApiError(429, "too_many_sessions", f"this key holds {limit} sessions (the limit)", None, 5.0)
-        params = SamplingParams(**sampling)
-
-        def open_session() -> tuple[str, SessionHistory]:
-            sid = self.backend.open(from_uint8_hwc(frames), params)
-            return sid, self.backend.history(sid)
 
         async with self._engine(frames.shape[0], "create") as engine:
-            sid, history = await self._call(engine, open_session, undo=lambda opened: self.backend.close(opened[0]))
-        now = time.time()
+            opened = self.backend.open(frames, params)
+            sid, history = await self._call(engine, opened, undo=lambda done: self.backend.close(done[0]))
+        now = self.clock()
         rec = SessionRecord(
             sid, key_id, self.info["name"], sampling, now, now + self.settings.session_ttl_s, self.replica
         )
@@ -220,7 +168,8 @@ class SessionService:
         transport: str = "rest",
     ) -> StepOut:
         t0 = time.perf_counter()
-        actions = self.check_actions(actions)
+        with engine_errors():
+            actions = check_actions(actions, self.limits)
         self.admission.refuse_if_full(actions.shape[0])
         rec = await self._record(key_id, sid)
         async with self._session(sid):
@@ -233,15 +182,17 @@ class SessionService:
                 await self._ensure_local(sid, n, engine)
                 self.metrics.queue_wait.observe(time.perf_counter() - t0)
                 _, known_reanchors = self._local.pop(sid)  # in flux until the history records the step
-                frames, rewards, hist = await self._run_step(sid, n, actions, want_frames, on_frame, t0, engine)
-            new_steps, new_reanchors = hist.steps, hist.reanchors[known_reanchors:]  # hist: since step n
+                out = await self._run_step(sid, actions, want_frames, on_frame, t0, engine)
+            hist = out.history  # since step n
+            assert hist is not None
+            new_steps, new_reanchors = hist.steps, hist.reanchors[known_reanchors:]
             last = msgpack.packb(
                 {
                     "start": n,
                     "actions": actions.astype("<f4").tobytes(),
-                    "frames": None if frames is None else frames.tobytes(),
-                    "shape": None if frames is None else list(frames.shape),
-                    "rewards": None if rewards is None else rewards.astype("<f4").tobytes(),
+                    "frames": None if out.frames is None else out.frames.tobytes(),
+                    "shape": None if out.frames is None else list(out.frames.shape),
+                    "rewards": None if out.rewards is None else out.rewards.astype("<f4").tobytes(),
                 }
             )
             if not await self.registry.append(sid, self.replica, (n, known_reanchors), new_steps, new_reanchors, last):
@@ -253,12 +204,13 @@ class SessionService:
         self.metrics.frames.inc(h)
         self.metrics.tokens.inc(h * self.info["tokens_per_frame"])
         self.metrics.step_latency.labels(transport).observe(time.perf_counter() - t0)
-        return StepOut(frames, rewards, n + h)
+        return StepOut(out.frames, out.rewards, n + h)
 
     @drainable
     async def imagine(self, key_id: str, sid: str, seqs: np.ndarray, return_frames: bool) -> ImagineOut:
         t0 = time.perf_counter()
-        seqs = self.check_sequences(seqs)
+        with engine_errors():
+            seqs = check_sequences(seqs, self.limits)
         k, h = seqs.shape[:2]
         self.admission.refuse_if_full(k * h)
         rec = await self._record(key_id, sid)
@@ -268,24 +220,19 @@ class SessionService:
                 await self._ensure_local(sid, n, engine)
                 self.metrics.queue_wait.observe(time.perf_counter() - t0)
                 steps, known_reanchors = self._local.pop(sid)  # imagine may re-anchor the engine's copy
-                result = await self._call(engine, self.backend.imagine, sid, seqs, return_frames)
-                hist = await self._call(engine, self.backend.history, sid, steps)  # the re-anchors, no steps
-            if len(hist.reanchors) > known_reanchors:  # imagine re-anchored the session: record it
-                new = hist.reanchors[known_reanchors:]
+                out = await self._call(engine, self.backend.imagine(sid, seqs, return_frames))
+            reanchors = out.reanchors or []
+            if len(reanchors) > known_reanchors:  # imagine re-anchored the session: record it
+                new = reanchors[known_reanchors:]
                 if not await self.registry.append(sid, self.replica, (n, known_reanchors), [], new, None):
                     await self._drop_local(sid)
                     raise ApiError(409, "conflict", "the session changed during this request: retry", None, 1.0)
-            self._local[sid] = (steps, len(hist.reanchors))
+            self._local[sid] = (steps, len(reanchors))
             await self._touch(rec)
         self.metrics.frames.inc(k * h)
         self.metrics.tokens.inc(k * h * self.info["tokens_per_frame"])
         self.metrics.imagine_latency.observe(time.perf_counter() - t0)
-        rewards = None if result.rewards is None else result.rewards.float().numpy()
-        frames = None
-        if result.frames is not None:
-            frames = to_uint8_hwc(result.frames.reshape(k * h, *result.frames.shape[2:]))
-            frames = frames.reshape(k, h, *frames.shape[1:])
-        return ImagineOut(rewards, frames)
+        return ImagineOut(out.rewards, out.frames)
 
     async def forward_target(self, key_id: str, sid: str) -> str | None:
         """The address of the live replica whose engine holds this session, when it is not this one."""
@@ -297,14 +244,18 @@ class SessionService:
         return await self.registry.replica_address(rec.owner)
 
     async def janitor(self) -> None:
-        """Drop this replica's engine copies of sessions that expired or were deleted elsewhere, until cancelled."""
+        """``sweep`` every half TTL (at most every minute), until cancelled."""
         period = min(max(self.settings.session_ttl_s / 2, 0.5), 60.0)
         while True:
             await asyncio.sleep(period)
-            for sid in list(self._local):
-                with contextlib.suppress(Exception):  # Redis down: try again next round
-                    if await self.registry.get(sid) is None:
-                        await self._forget(sid)
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        """Drop this replica's engine copies of sessions that expired or were deleted elsewhere."""
+        for sid in list(self._local):
+            with contextlib.suppress(Exception):  # Redis down: try again next round
+                if await self.registry.get(sid) is None:
+                    await self._forget(sid)
 
     async def _forget(self, sid: str) -> None:
         lock = self._locks.get(sid)
@@ -352,7 +303,7 @@ class SessionService:
         return rec
 
     async def _touch(self, rec: SessionRecord) -> None:
-        rec.expires = time.time() + self.settings.session_ttl_s
+        rec.expires = self.clock() + self.settings.session_ttl_s
         rec.owner, rec.owner_addr = self.replica, self.settings.address()
         await self.registry.touch(rec)
 
@@ -410,7 +361,7 @@ class SessionService:
         if history is None:
             raise not_found(sid)
         await self._drop_local(sid)
-        await self._call(engine, self.backend.restore, history, sid)
+        await self._call(engine, self.backend.restore(history, sid))
         self._local[sid] = (len(history.steps), len(history.reanchors))
         self.metrics.gateway_restores.inc()
 
@@ -418,13 +369,13 @@ class SessionService:
         self._local.pop(sid, None)
         if self.backend.has(sid):
             with contextlib.suppress(SessionNotFound):
-                await asyncio.to_thread(self.backend.close, sid)
+                await self.backend.close(sid)
 
-    async def _call(self, engine: Admitted, fn: Callable, *args: object, undo: Callable | None = None) -> Any:
-        try:
-            return await engine.run(fn, *args, undo=undo)
-        except Exception as exc:
-            raise from_engine(exc) from None
+    async def _call(
+        self, engine: Admitted, call: Coroutine[Any, Any, T], undo: Callable[[T], Awaitable[object]] | None = None
+    ) -> T:
+        with engine_errors():
+            return await engine.run(call, undo=undo)
 
     async def _deliver(self, on_frame: OnFrame, item: FrameOut) -> bool:
         """Hand a frame to a streaming consumer; False once it is gone or stalls past ``send_timeout_s``."""
@@ -437,69 +388,43 @@ class SessionService:
     async def _run_step(
         self,
         sid: str,
-        n: int,
         actions: np.ndarray,
         want_frames: bool,
         on_frame: OnFrame | None,
         t0: float,
         engine: Admitted,
-    ) -> tuple[np.ndarray | None, np.ndarray | None, SessionHistory]:
-        """Step the engine's copy (at step ``n``); returns its history from step ``n`` on."""
-        outs, error, hist = await self._stream_frames(sid, n, actions, want_frames, on_frame, t0, engine)
-        if isinstance(error, SessionNotFound) and not outs:
-            await self._restore(sid, engine)  # evicted between the check and the step
-            self._local.pop(sid)
-            outs, error, hist = await self._stream_frames(sid, n, actions, want_frames, on_frame, t0, engine)
-        if error is not None or hist is None:
-            raise from_engine(error) if isinstance(error, Exception) else error
-        frames = np.stack([o.frame for o in outs]) if want_frames else None
-        rewards = None
-        if self.info["reward_head"]:
-            rewards = np.array([o.reward for o in outs], dtype=np.float32)
-        return frames, rewards, hist
+    ) -> StepOut:
+        """Step the engine's copy; its history from the step's start on comes with the result."""
+        with engine_errors():
+            try:
+                return await self._stream_frames(sid, actions, want_frames, on_frame, t0, engine)
+            except SessionNotFound:  # evicted between the check and the step (before any frame): rebuild, again
+                await self._restore(sid, engine)
+                self._local.pop(sid)
+                return await self._stream_frames(sid, actions, want_frames, on_frame, t0, engine)
 
     async def _stream_frames(
-        self,
-        sid: str,
-        n: int,
-        actions: np.ndarray,
-        want_frames: bool,
-        on_frame: OnFrame | None,
-        t0: float,
-        engine: Admitted,
-    ) -> tuple[list[FrameOut], BaseException | None, SessionHistory | None]:
-        """The engine's frame stream in one worker thread, which also reads the new history.
+        self, sid: str, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None, t0: float, engine: Admitted
+    ) -> StepOut:
+        """The step runs as the admission's task (to its end, whoever waits); each frame goes to ``on_frame``
+        as soon as it is decoded only when someone streams."""
+        queue: asyncio.Queue[FrameOut | None] | None = asyncio.Queue() if on_frame is not None else None
 
-        Each frame is handed to the event loop as soon as it is decoded only when someone
-        streams (``on_frame``); a plain step crosses threads once (every hop costs on a busy CPU).
-        """
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue | None = asyncio.Queue() if on_frame is not None else None
-
-        def work() -> tuple[list[FrameOut], BaseException | None, SessionHistory | None]:
-            outs: list[FrameOut] = []
+        async def step() -> StepOut:
             try:
-                for fr in self.backend.step_stream(sid, actions, want_frames):
-                    if not outs:
-                        self.metrics.first_frame.observe(time.perf_counter() - t0)
-                    img = None if fr.frame is None else to_uint8_hwc(fr.frame[None])[0]
-                    outs.append(FrameOut(fr.step_index, img, fr.reward))
-                    if queue is not None:
-                        loop.call_soon_threadsafe(queue.put_nowait, outs[-1])
-                return outs, None, self.backend.history(sid, n)
-            except Exception as exc:
-                return outs, exc, None
+                first = lambda: self.metrics.first_frame.observe(time.perf_counter() - t0)  # noqa: E731
+                return await self.backend.step(sid, actions, want_frames, queue, first)  # type: ignore[arg-type]
             finally:
                 if queue is not None:
-                    loop.call_soon_threadsafe(queue.put_nowait, None)
+                    queue.put_nowait(None)
 
-        worker = engine.start(work)
+        work = engine.start(step())
         if queue is not None:
             while (item := await queue.get()) is not None:
                 # a consumer that went away or stalls stops the streaming: the step still completes and is recorded
                 if on_frame is not None and not await self._deliver(on_frame, item):
                     on_frame = None
-        return await asyncio.shield(worker)
+        return await asyncio.shield(work)
 
     async def _replay(
         self, sid: str, n: int, step_index: int, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None
@@ -553,10 +478,9 @@ class SessionService:
             async with self._engine(h, "step") as engine:
                 await self._ensure_local(sid, n, engine)
                 try:
-                    raw = await self._call(engine, self.backend.recorded_frames, sid, step_index, step_index + h)
+                    frames = await self._call(engine, self.backend.recorded_frames(sid, step_index, step_index + h))
                 except ApiError as err:  # older than the engine keeps decoder features for
                     raise ApiError(409, "conflict", err.message, "step_index") from None
-            frames = to_uint8_hwc(raw)
         rewards = None
         if self.info["reward_head"]:
             rewards = np.array([r.reward for r in recorded], dtype=np.float32)

@@ -1,3 +1,5 @@
+import asyncio
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -6,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from gateway_helpers import Gateway, model_dir
 
 from ivideogpt.config import ModelConfig, TokenizerConfig, TransformerConfig, preset
 
@@ -28,25 +31,98 @@ def _keep_thread_count():
     torch.set_num_threads(THREADS)
 
 
+class ManualClock:
+    """A clock a test moves by hand (seconds): TTL and expiry logic run without waiting on the wall clock."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped model (models/default), else a random tiny checkpoint of the same shapes."""
+    return model_dir(tmp_path_factory.mktemp("model"))
+
+
+class Gateways:
+    """Real gateways (``python -m server`` on free loopback ports, each logging to its own temp file).
+
+    ``shared``: one process per set of settings for the whole test session, for modules whose
+    tests do not interfere; ``private``: a gateway for the caller alone (one with settings of its
+    own, or one a test stops or kills), stopped when its ``with`` ends. Whatever still runs at the
+    end of the session is stopped then.
+    """
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory):
+        self.tmp = tmp_path_factory
+        self._shared: dict[tuple, Gateway] = {}
+        self.started: list[Gateway] = []
+
+    def start(self, env: dict[str, str], grpc: bool = False, **options: str) -> Gateway:
+        gw = Gateway(env, grpc=grpc, log=self.tmp.mktemp("gateway") / "gateway.log", **options)
+        self.started.append(gw)
+        return gw
+
+    def shared(self, env: dict[str, str], grpc: bool = False) -> Gateway:
+        key = (tuple(sorted(env.items())), grpc)
+        if key not in self._shared or self._shared[key].proc.poll() is not None:
+            self._shared[key] = self.start(env, grpc)
+        return self._shared[key]
+
+    @contextlib.contextmanager
+    def private(self, env: dict[str, str], grpc: bool = False, **options: str) -> Iterator[Gateway]:
+        gw = self.start(env, grpc, **options)
+        try:
+            yield gw
+        finally:
+            gw.stop()
+
+
+@pytest.fixture(scope="session")
+def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    gws = Gateways(tmp_path_factory)
+    yield gws
+    for gw in gws.started:
+        gw.stop()
+
+
+API_KEY = "test-key"  # the key of the shared keyed gateway (tests/test_client_errors.py, tests/test_playground.py)
+
+
 TRITON_TTL_S = 6.0  # the Triton tests' session idle timeout (the idle tests wait it out)
+
+
+async def sessions_once_idle(client) -> int:  # a server.backends.triton_client.TritonRolloutClient
+    """The model's session count once its idle timeout has passed (polled; at most 10 s past the TTL)."""
+    deadline = asyncio.get_running_loop().time() + TRITON_TTL_S + 10
+    while (held := (await client.stats(40_002))["sessions"]) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.25)
+    return held
 
 
 @pytest.fixture(scope="session")
 def triton_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The committed model_repository/ with a short idle timeout on ivideogpt_rollout."""
-    from ivideogpt.triton_protocol import MODEL_NAME, config_pbtxt
+    from ivideogpt_triton.config import rollout_config
+    from ivideogpt_triton.protocol import MODEL_NAME
 
     path = tmp_path_factory.mktemp("triton") / "model_repository"
     shutil.copytree(Path(__file__).resolve().parents[1] / "model_repository", path)
     action_dim = json.loads((path / "ivideogpt_config.json").read_text())["transformer"]["action_dim"]
-    (path / MODEL_NAME / "config.pbtxt").write_text(config_pbtxt(action_dim, TRITON_TTL_S, cache_bytes=128 << 20))
+    (path / MODEL_NAME / "config.pbtxt").write_text(rollout_config(action_dim, TRITON_TTL_S, cache_bytes=128 << 20))
     return path
 
 
 @pytest.fixture(scope="session")
 def triton_server(triton_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """A real tritonserver on loopback ports serving ivideogpt_rollout, stopped with SIGTERM."""
-    from ivideogpt.triton_server import TritonServer
+    from ivideogpt_triton.server import TritonServer
 
     log = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
     with TritonServer(triton_repository, log_file=log) as srv:
@@ -65,4 +141,4 @@ def small_config(action_dim: int = 3, reward_head: bool = True, context_length: 
     return cfg
 
 
-__all__ = ["ModelConfig", "TokenizerConfig", "TransformerConfig", "small_config"]
+__all__ = ["API_KEY", "Gateways", "ManualClock", "ModelConfig", "TokenizerConfig", "TransformerConfig", "small_config"]

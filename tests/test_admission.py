@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -15,7 +16,15 @@ from server.metrics import Metrics
 
 
 def controller(engine: int = 4, queued: int = 8, timeout_s: float = 5.0) -> AdmissionController:
-    return AdmissionController(engine, queued, timeout_s, Metrics(dict))
+    return AdmissionController(engine, queued, timeout_s, Metrics())
+
+
+async def settled(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Let the tasks started above run until ``condition`` holds (they reach their waits), at most ``timeout_s``."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the tasks never got there"
+        await asyncio.sleep(0.001)
 
 
 def rejections(adm: AdmissionController, reason: str) -> float:
@@ -34,7 +43,7 @@ def test_waiters_are_admitted_in_arrival_order() -> None:
                 await asyncio.sleep(0.01)
 
         tasks = [asyncio.create_task(request(n, f)) for n, f in (("a", 3), ("b", 1), ("c", 2))]
-        await asyncio.sleep(0.01)
+        await settled(lambda: adm.queued == 6)
         assert (adm.running, adm.queued, order) == (4, 6, [])
         await first.__aexit__(None, None, None)
         await asyncio.gather(*tasks)
@@ -50,7 +59,7 @@ def test_beyond_the_queue_is_429_at_once_with_retry_after() -> None:
         running = adm.admit(2)
         await running.__aenter__()
         waiting = asyncio.create_task(adm.admit(2).__aenter__())
-        await asyncio.sleep(0.01)
+        await settled(lambda: adm.queued == 2)
         t0 = time.monotonic()
         with pytest.raises(ApiError) as e:
             async with adm.admit(1):
@@ -90,9 +99,9 @@ def test_a_cancelled_waiter_leaves_the_queue() -> None:
         await running.__aenter__()
         gone = asyncio.create_task(adm.admit(2).__aenter__())
         later = asyncio.create_task(adm.admit(2).__aenter__())
-        await asyncio.sleep(0.01)
+        await settled(lambda: adm.queued == 4)
         gone.cancel()
-        await asyncio.sleep(0.01)
+        await settled(lambda: gone.done())
         assert adm.queued == 2
         await running.__aexit__(None, None, None)
         await later
@@ -109,14 +118,10 @@ def test_frames_count_until_the_engine_work_ends_even_when_its_caller_stopped_wa
         with pytest.raises(TimeoutError):
             async with adm.admit(3) as engine:
                 async with asyncio.timeout(0.05):
-                    await engine.run(release.wait)
+                    await engine.run(asyncio.to_thread(release.wait))
         assert adm.running == 3  # the thread still runs
         release.set()
-        for _ in range(100):
-            if adm.running == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert adm.running == 0
+        await settled(lambda: adm.running == 0)
 
     asyncio.run(main())
 

@@ -11,11 +11,12 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from gateway_helpers import Gateway, actions, context, free_port, model_dir
+from gateway_helpers import Gateway, actions, context, free_port
 from ivideogpt_client import (
     AtCapacity,
     GrpcWorldModelClient,
@@ -26,17 +27,16 @@ from ivideogpt_client import (
     WorldModelClient,
 )
 
-KEY = "errors-key"
+from conftest import API_KEY, Gateways
+
+KEY = API_KEY
 CTX = context(0)
 ACTS = np.float32(actions(4, 3))
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory):
-    env = {"IVIDEOGPT_MODEL_DIR": str(model_dir(tmp_path_factory.mktemp("model"))), "IVIDEOGPT_API_KEYS": KEY}
-    g = Gateway(env, grpc=True, log=tmp_path_factory.mktemp("log") / "gateway.log")
-    yield g
-    g.stop()
+def gw(gateways: Gateways, model_path: Path) -> Gateway:
+    return gateways.shared({"IVIDEOGPT_MODEL_DIR": str(model_path), "IVIDEOGPT_API_KEYS": KEY}, grpc=True)
 
 
 def grpc_client(gw: Gateway, key: str | None = KEY) -> GrpcWorldModelClient:

@@ -7,15 +7,18 @@ import asyncio
 import io
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import msgpack
 import numpy as np
 import pytest
-from gateway_helpers import REPO, Gateway, actions, decode_png_b64, model_dir, png_b64
+from gateway_helpers import REPO, Gateway, actions, decode_png_b64, png_b64
 from ivideogpt_client import AsyncWorldModelClient, GrpcWorldModelClient, InvalidRequest, WorldModelClient
 from PIL import Image
+
+from conftest import Gateways
 
 KEY = "sdk-key"
 SEED = 5
@@ -24,15 +27,14 @@ SEQS = np.float32(np.random.default_rng(3).uniform(-1, 1, (3, 2, 4)))  # imagine
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory):
+def gw(gateways: Gateways, model_path: Path) -> Iterator[Gateway]:
     env = {
-        "IVIDEOGPT_MODEL_DIR": str(model_dir(tmp_path_factory.mktemp("model"))),
+        "IVIDEOGPT_MODEL_DIR": str(model_path),
         "IVIDEOGPT_API_KEYS": KEY,
         "IVIDEOGPT_MAX_GIF_FRAMES": "12",
     }
-    g = Gateway(env, grpc=True, log=tmp_path_factory.mktemp("log") / "gateway.log")
-    yield g
-    g.stop()
+    with gateways.private(env, grpc=True) as g:
+        yield g
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from gateway_helpers import REPO, Gateway, actions, context, free_port, model_dir, png_b64
+from gateway_helpers import REPO, Gateway, actions, context, free_port, png_b64
 from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import Gateways
 
 DASHBOARDS = sorted((REPO / "docker" / "grafana" / "dashboards").glob("*.json"))
 
@@ -100,11 +102,8 @@ def metric_names(expr: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory):
-    model = model_dir(tmp_path_factory.mktemp("model"))
-    g = Gateway({"IVIDEOGPT_MODEL_DIR": str(model)}, log=tmp_path_factory.mktemp("log") / "gateway.log")
-    yield g
-    g.stop()
+def gw(gateways: Gateways, model_path: Path) -> Gateway:
+    return gateways.shared({"IVIDEOGPT_MODEL_DIR": str(model_path)}, grpc=True)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from conftest import small_config
+from conftest import ManualClock, small_config
 from ivideogpt.engine import (
     CapacityError,
     EngineConfig,
@@ -71,10 +71,16 @@ def test_session_in_a_busy_batch_equals_the_session_alone(model: WorldModel, gre
     for i, o in enumerate(others[1:], start=1):  # the others sit at different lengths
         busy.step(o, actions(20 + i, i))
     sid = busy.open(context(0), sampling)
-    threads = [threading.Thread(target=busy.step, args=(o, actions(30 + i, 8))) for i, o in enumerate(others)]
+    under_way = [threading.Event() for _ in others]
+
+    def step_other(i: int) -> None:
+        for _ in busy.step_stream(others[i], actions(30 + i, 8)):
+            under_way[i].set()
+
+    threads = [threading.Thread(target=step_other, args=(i,)) for i in range(len(others))]
     for t in threads:
         t.start()
-    time.sleep(0.05)  # the others are mid-rollout when this session's step joins
+    assert all(e.wait(60) for e in under_way)  # the others are mid-rollout (7 frames to go) when this step joins
     got = busy.step(sid, actions(1, 4))
     for t in threads:
         t.join()
@@ -162,7 +168,8 @@ def test_long_session_reanchors_and_restores_across_anchors() -> None:
 def test_capacity_and_ttl_eviction(model: WorldModel) -> None:
     pool = KVCachePool(model.cfg.transformer, 64 << 20, 16)
     two_sessions = 2 * pool.blocks_for(model.cfg.transformer.max_positions) * pool.bytes_per_block
-    eng = RolloutEngine(model, EngineConfig(cache_bytes=two_sessions, session_ttl_s=3600))
+    clock = ManualClock()
+    eng = RolloutEngine(model, EngineConfig(cache_bytes=two_sessions, session_ttl_s=3600), clock=clock)
     a = eng.open(context(0))
     eng.open(context(1))
     with pytest.raises(CapacityError):
@@ -171,8 +178,9 @@ def test_capacity_and_ttl_eviction(model: WorldModel) -> None:
     c = eng.open(context(2))
     with pytest.raises(CapacityError):  # no room for imagine's suffixes either
         eng.imagine(c, actions(0, 2, k=4))
-    eng.config.session_ttl_s = 0.0
-    time.sleep(0.01)
+    clock.advance(3599)
+    assert eng.evict_idle() == []  # idle, not yet for the TTL
+    clock.advance(2)
     assert len(eng.evict_idle()) == 2
     assert eng.pool.used_blocks == 0 and eng.stats()["evictions"] == 2
     with pytest.raises(SessionNotFound):
@@ -263,8 +271,8 @@ def test_both_engine_threads_run_at_the_configured_thread_count(model: WorldMode
     """Frames depend on the intra-op thread count to the last bit: token steps and pixels must agree."""
     eng = RolloutEngine(model, EngineConfig(cache_bytes=32 << 20, threads=3))
     try:
-        assert eng.scheduler.run_exclusive(torch.get_num_threads) == 3
-        assert eng._pixels.submit(torch.get_num_threads).result() == 3
+        assert eng.loop.run_exclusive(torch.get_num_threads) == 3
+        assert eng.loop.pixels.submit(torch.get_num_threads).result() == 3
         assert eng.stats()["threads"] == 3
     finally:
         eng.shutdown()
@@ -339,7 +347,7 @@ def test_bf16_engine_runs(model: WorldModel) -> None:
 def test_decode_step_paths_agree(model: WorldModel, scripted: bool) -> None:
     """Rows alone (single-query path), all sessions of a window (no scatter) and mixed with forks
     (scatter, SDPA over the window) give the same hidden states."""
-    from ivideogpt.engine.kv_cache import DecodeBatch, ForkGroup, SessionRow
+    from ivideogpt.engine.kv_cache import ForkGroup, SessionRow
     from ivideogpt.engine.transformer_steps import TransformerDecode
 
     trm = model.transformer
@@ -355,11 +363,12 @@ def test_decode_step_paths_agree(model: WorldModel, scripted: bool) -> None:
     x = torch.randn(4, trm.cfg.hidden_size)
 
     def run(rows: list[SessionRow], fork_groups: list[ForkGroup], xs: torch.Tensor) -> torch.Tensor:
-        k0, v0 = pool.k.clone(), pool.v.clone()
-        batch = DecodeBatch(pool, xs.shape[0], rows, fork_groups)
-        out = step(xs, *batch.inputs())
-        pool.k.copy_(k0)
-        pool.v.copy_(v0)
+        cache = pool.cache
+        k0, v0 = cache.k.clone(), cache.v.clone()
+        m = pool.metadata(xs.shape[0], rows, fork_groups)
+        out = step(xs, m.positions, cache.k, cache.v, m.write, m.rows, m.slots, m.window, m.mask, m.forks)
+        cache.k.copy_(k0)
+        cache.v.copy_(v0)
         return out
 
     alone = torch.cat([run([SessionRow(0, s.start, 9)], [], x[i : i + 1]) for i, s in enumerate((s1, s2))])

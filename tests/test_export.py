@@ -7,15 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from tritonclient.grpc.model_config_pb2 import DataType
 
 from conftest import small_config
 from ivideogpt.checkpoint import save
 from ivideogpt.engine import EngineConfig, RolloutEngine
-from ivideogpt.engine.kv_cache import DecodeBatch, ForkGroup, KVCachePool, SessionRow
+from ivideogpt.engine.kv_cache import ForkGroup, SessionRow
 from ivideogpt.engine.runner import CONFIG_FILE, MODULES, ModelRunner, module_folder
 from ivideogpt.model import WorldModel
 from ivideogpt.sampling import SamplingParams
-from ivideogpt.triton_protocol import MODEL_NAME as ROLLOUT_MODEL
+from ivideogpt_triton.config import parse
+from ivideogpt_triton.protocol import MODEL_NAME as ROLLOUT_MODEL
 from training.export import export
 
 R = 32
@@ -55,17 +57,16 @@ def test_every_module_matches_its_eager_twin(model: WorldModel, repository: Path
 
         results = []
         for runner in (eager, scripted):  # same pool contents for both: two sessions and a fork group
-            pool = KVCachePool(trm, 8 << 20, 16)
+            pool = runner.allocate_cache(8 << 20, 16)
             s1, s2, forks = pool.allocate_slot(), pool.allocate_slot(), pool.allocate(2 * 17)
             prefill = runner.prefill(x[None], *pool.slot_views(s1), 0)
             runner.prefill(x[None, :3], *pool.slot_views(s2), 0)
-            batch = DecodeBatch(
-                pool,
+            meta = pool.metadata(
                 4,
                 [SessionRow(0, s1.start, 5), SessionRow(1, s2.start, 3)],
                 [ForkGroup(slice(2, 4), s1.start, 5, forks.start, 17, 0)],
             )
-            hidden = runner.decode(x[:4], batch.inputs())
+            hidden = runner.decode(x[:4], meta)
             results.append((prefill, hidden, *runner.heads(hidden)))
         for e, s in zip(*results, strict=True):
             assert (e - s).abs().max() <= 1e-5
@@ -132,14 +133,14 @@ def test_config_pbtxt_matches_the_modules(model: WorldModel, repository: Path) -
     }
     types = {"TYPE_FP32": torch.float32, "TYPE_INT64": torch.int64, "TYPE_BOOL": torch.bool}
     for name, tensors in produced.items():
-        text = (repository / module_folder(name) / "config.pbtxt").read_text()
-        assert f'name: "{module_folder(name)}"' in text and 'platform: "pytorch_libtorch"' in text
-        outputs = re.findall(
-            r'name: "(\w+?)__(\d+)" data_type: (\w+) dims: \[ ([-\d, ]+) \]', text.split("output [")[1]
-        )
+        config = parse((repository / module_folder(name) / "config.pbtxt").read_text())  # as Triton reads it
+        assert config.name == module_folder(name) and config.platform == "pytorch_libtorch"
+        outputs = [
+            (*re.fullmatch(r"(\w+?)__(\d+)", o.name).groups(), DataType.Name(o.data_type), list(o.dims))
+            for o in config.output
+        ]
         assert len(outputs) == len(tensors)
-        for (_, index, dtype, dims), t in zip(outputs, tensors, strict=True):
-            shape = [int(d) for d in dims.split(",")]
+        for (_, index, dtype, shape), t in zip(outputs, tensors, strict=True):
             assert types[dtype] == t.dtype
             assert len(shape) == t.ndim and all(d in (-1, s) for d, s in zip(shape, t.shape, strict=True)), (
                 name,

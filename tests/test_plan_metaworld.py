@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gateway_helpers import REPO, Gateway, model_dir
+from gateway_helpers import REPO, Gateway
 from PIL import Image
+
+from conftest import Gateways
 
 EXAMPLE = REPO / "clients" / "examples" / "plan_metaworld.py"
 
@@ -27,13 +29,8 @@ def load_example():
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory):
-    g = Gateway(
-        {"IVIDEOGPT_MODEL_DIR": str(model_dir(tmp_path_factory.mktemp("model")))},
-        log=tmp_path_factory.mktemp("log") / "gateway.log",
-    )
-    yield g
-    g.stop()
+def gw(gateways: Gateways, model_path: Path) -> Gateway:
+    return gateways.shared({"IVIDEOGPT_MODEL_DIR": str(model_path)}, grpc=True)
 
 
 def test_quick_mode_plans_against_the_real_environment(gw: Gateway, tmp_path: Path):

@@ -19,13 +19,15 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import pytest
-from gateway_helpers import REPO, Gateway, decode_png_b64, model_dir, png_b64
+from gateway_helpers import REPO, Gateway, decode_png_b64, png_b64
 from PIL import Image
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, Route, sync_playwright
 
+from conftest import API_KEY, Gateways
+
 pytestmark = pytest.mark.browser
 
-KEY = "playground-key"
+KEY = API_KEY
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # flags for a container as root: no sandbox, no GPU, and nothing that phones home
 CHROMIUM_ARGS = [
@@ -41,11 +43,8 @@ WAIT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory):
-    env = {"IVIDEOGPT_MODEL_DIR": str(model_dir(tmp_path_factory.mktemp("model"))), "IVIDEOGPT_API_KEYS": KEY}
-    g = Gateway(env, log=tmp_path_factory.mktemp("log") / "gateway.log")
-    yield g
-    g.stop()
+def gw(gateways: Gateways, model_path: Path) -> Gateway:
+    return gateways.shared({"IVIDEOGPT_MODEL_DIR": str(model_path), "IVIDEOGPT_API_KEYS": KEY}, grpc=True)
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ def test_step_outputs_and_the_sequence_they_leave(model: WorldModel) -> None:
         assert out.frames.shape == (2, 3, 32, 32) and out.frames.min() >= 0 and out.frames.max() <= 1
         assert out.rewards is not None and out.rewards.shape == (2,)
         assert out.future_ids.shape == (2, lay.future_tokens)
-    assert rollout.cache.lengths.tolist() == [lay.prelude_length + 3 * lay.frame_stride] * 2
+    assert rollout.lengths.tolist() == [lay.prelude_length + 3 * lay.frame_stride] * 2
 
     # the rollout equals scoring its own sequence in one full pass (same rewards)
     seq = lay.build(rollout.context_ids, torch.stack([o.future_ids for o in outs], dim=1))

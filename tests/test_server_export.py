@@ -9,26 +9,24 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
-from gateway_helpers import REPO, SLOT_BYTES, Gateway, actions, context, decode_png_b64, model_dir, png_b64
+from gateway_helpers import REPO, SLOT_BYTES, actions, context, decode_png_b64, model_dir, png_b64
 
+from conftest import Gateways
 from ivideogpt.engine import EngineConfig, RolloutEngine
 from ivideogpt.frames import to_uint8_hwc
 from ivideogpt.sampling import SamplingParams
 
 
-def test_gateway_serves_exported_repository(tmp_path: Path) -> None:
+def test_gateway_serves_exported_repository(tmp_path: Path, gateways: Gateways) -> None:
     checkpoint = model_dir(tmp_path)
     repository = tmp_path / "model_repository"
     cmd = [sys.executable, "-m", "training.export", str(checkpoint), "--out", str(repository)]
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=600)
     acts = actions(3, 3)
-    gw = Gateway({"IVIDEOGPT_MODEL_REPOSITORY": str(repository)}, log=tmp_path / "gateway.log")
-    try:
+    with gateways.private({"IVIDEOGPT_MODEL_REPOSITORY": str(repository)}) as gw:
         body = {"context_frames": [png_b64(f) for f in context(0)], "sampling": {"seed": 13}}
         sid = httpx.post(f"{gw.url}/v1/sessions", json=body, timeout=60).json()["session_id"]
         r = httpx.post(f"{gw.url}/v1/sessions/{sid}/step", json={"actions": acts}, timeout=120).json()
-    finally:
-        gw.stop()
     engine = RolloutEngine.from_checkpoint(checkpoint, EngineConfig(cache_bytes=2 * SLOT_BYTES))
     try:
         ref = engine.open(torch.from_numpy(context(0).transpose(0, 3, 1, 2).copy()), SamplingParams(seed=13))

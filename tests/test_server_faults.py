@@ -9,18 +9,20 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import httpx
 import msgpack
 import numpy as np
 import pytest
-from gateway_helpers import Gateway, RedisServer, actions, context, decode_png_b64, model_dir, png_b64
+from gateway_helpers import Gateway, RedisServer, actions, context, decode_png_b64, png_b64
+from ivideogpt_client.proto_gen.worldmodel.v1 import worldmodel_pb2 as pb
+from ivideogpt_client.proto_gen.worldmodel.v1 import worldmodel_pb2_grpc as pb_grpc
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from server.proto_gen.worldmodel.v1 import worldmodel_pb2 as pb
-from server.proto_gen.worldmodel.v1 import worldmodel_pb2_grpc as pb_grpc
+from conftest import Gateways
 
 H = 32  # the longest step (IVIDEOGPT_MAX_HORIZON's default): long enough to kill Redis in its middle
 
@@ -33,15 +35,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="module")
-def gw(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gw(redis_server: RedisServer, gateways: Gateways, model_path: Path) -> Iterator[Gateway]:
     env = {
-        "IVIDEOGPT_MODEL_DIR": str(model_dir(tmp_path_factory.mktemp("model"))),
+        "IVIDEOGPT_MODEL_DIR": str(model_path),
         "IVIDEOGPT_REDIS_URL": redis_server.url,
         "IVIDEOGPT_REDIS_TIMEOUT_S": "1",
     }
-    g = Gateway(env, grpc=True, log=tmp_path_factory.mktemp("log") / "gateway.log")
-    yield g
-    g.stop()
+    with gateways.private(env, grpc=True) as g:
+        yield g
 
 
 @pytest.fixture

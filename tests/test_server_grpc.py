@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import httpx
 import numpy as np
 import pytest
-from gateway_helpers import Gateway, actions, context, decode_png_b64, model_dir, png_b64
+from gateway_helpers import REPO, Gateway, actions, context, decode_png_b64, png_b64
+from ivideogpt_client.proto_gen.worldmodel.v1 import worldmodel_pb2 as pb
+from ivideogpt_client.proto_gen.worldmodel.v1 import worldmodel_pb2_grpc as pb_grpc
 
-from server.proto_gen.worldmodel.v1 import worldmodel_pb2 as pb
-from server.proto_gen.worldmodel.v1 import worldmodel_pb2_grpc as pb_grpc
+from conftest import Gateways
 
 KEY, OTHER = "grpc-key", "other-key"
 MD = (("authorization", f"Bearer {KEY}"),)
@@ -19,15 +21,14 @@ OTHER_MD = (("x-api-key", OTHER),)
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory):
+def gw(gateways: Gateways, model_path: Path) -> Iterator[Gateway]:
     env = {
-        "IVIDEOGPT_MODEL_DIR": str(model_dir(tmp_path_factory.mktemp("model"))),
+        "IVIDEOGPT_MODEL_DIR": str(model_path),
         "IVIDEOGPT_API_KEYS": f"{KEY},{OTHER}",
         "IVIDEOGPT_MAX_HORIZON": "8",
     }
-    g = Gateway(env, grpc=True, log=tmp_path_factory.mktemp("log") / "gateway.log")
-    yield g
-    g.stop()
+    with gateways.private(env, grpc=True) as g:
+        yield g
 
 
 @pytest.fixture
@@ -50,12 +51,12 @@ def create(stub: pb_grpc.WorldModelStub, seed: int) -> str:
     return stub.CreateSession(req, metadata=MD).session_id
 
 
-def test_generated_code_is_current(tmp_path: Path) -> None:
-    from server.proto_gen.__main__ import REPO, generate
+def test_the_gateway_serves_the_one_generated_package() -> None:
+    """No second copy of the generated code: the servicer is the SDK's (kept current by test_client_sdk.py)."""
+    from server import grpc_service
 
-    for fresh in generate(tmp_path):
-        committed = REPO / "server" / "proto_gen" / "worldmodel" / "v1" / fresh.name
-        assert committed.read_text() == fresh.read_text(), f"{committed} is stale: run python -m server.proto_gen"
+    assert grpc_service.pb is pb and grpc_service.pb_grpc is pb_grpc
+    assert not (REPO / "server" / "proto_gen").exists()
 
 
 def test_unary_and_bidi_equal_rest(gw: Gateway, stub: pb_grpc.WorldModelStub) -> None:

@@ -16,6 +16,8 @@ import pytest
 import redis
 from gateway_helpers import REDIS_URL, REPO, Gateway, actions, clear_redis, context, png_b64, redis_prefix
 
+from conftest import Gateways
+
 SESSIONS, STEPS = 200, 4
 ANSWER_S = 60.0  # no request may go unanswered longer (the client's timeout: a timeout fails the test)
 
@@ -28,7 +30,7 @@ def prefix() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def gw(prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gw(prefix: str, gateways: Gateways) -> Iterator[Gateway]:
     env = {
         "IVIDEOGPT_MODEL_REPOSITORY": str(REPO / "model_repository"),  # the shipped model, as served by default
         "IVIDEOGPT_REDIS_URL": REDIS_URL,
@@ -39,9 +41,8 @@ def gw(prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
         "IVIDEOGPT_QUEUE_TIMEOUT_S": "5",
         "IVIDEOGPT_REDIS_MAX_CONNECTIONS": "16",  # fewer than the requests in flight: the pool makes them wait
     }
-    g = Gateway(env, log=tmp_path_factory.mktemp("log") / "gateway.log")
-    yield g
-    g.stop()
+    with gateways.private(env) as g:
+        yield g
 
 
 def metrics(url: str) -> dict[str, float]:
@@ -113,4 +114,3 @@ def test_a_fleet_of_sessions_gets_answers_never_5xx(gw: Gateway, prefix: str) ->
     left = [k.decode() for k in r.scan_iter(match=f"{prefix}*") if b":key:" not in k and b":replica:" not in k]
     assert not left, left[:10]  # no record, history or lease outlives its deleted session
     print(f"{SESSIONS} sessions x {STEPS} steps in {elapsed:.1f} s; answers {dict(statuses)}")
-

@@ -6,21 +6,23 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from gateway_helpers import REPO, Gateway, model_dir
+from gateway_helpers import REPO, Gateway
 from PIL import Image
+
+from conftest import Gateways
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory):
-    env = {"IVIDEOGPT_MODEL_DIR": str(model_dir(tmp_path_factory.mktemp("model")))}
-    g = Gateway(env, grpc=True, log=tmp_path_factory.mktemp("log") / "gateway.log", log_level="info")
-    yield g
-    g.stop()
+def gw(gateways: Gateways, model_path: Path) -> Iterator[Gateway]:
+    env = {"IVIDEOGPT_MODEL_DIR": str(model_path)}
+    with gateways.private(env, grpc=True, log_level="info") as g:
+        yield g
 
 
 def test_readme_curl_example(gw: Gateway, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ Real Redis at 127.0.0.1:6379 (``.ci/run`` starts one), a fresh key prefix per mo
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,17 +14,13 @@ import numpy as np
 import pytest
 import redis
 import torch
-from gateway_helpers import REDIS_URL, Gateway, actions, clear_redis, context, decode_png_b64, model_dir, png_b64
+from gateway_helpers import REDIS_URL, Gateway, actions, clear_redis, context, decode_png_b64, png_b64
 from gateway_helpers import redis_prefix as new_prefix
 
+from conftest import Gateways
 from ivideogpt.engine import EngineConfig, RolloutEngine
 from ivideogpt.frames import to_uint8_hwc
 from ivideogpt.sampling import SamplingParams
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return model_dir(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +42,12 @@ def env(model_path: Path, prefix: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def pair(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
-    logs = tmp_path_factory.mktemp("logs")
-    a = Gateway(env, log=logs / "a.log")  # forwards requests to the replica holding the session
-    try:
-        b = Gateway({**env, "IVIDEOGPT_FORWARD": "0"}, log=logs / "b.log")  # always takes sessions over
-    except BaseException:
-        a.stop()
-        raise
-    yield a, b
-    a.stop()
-    b.stop()
+def pair(env: dict[str, str], gateways: Gateways) -> Iterator[tuple[Gateway, Gateway]]:
+    with (
+        gateways.private(env) as a,  # forwards requests to the replica holding the session
+        gateways.private({**env, "IVIDEOGPT_FORWARD": "0"}) as b,  # always takes sessions over
+    ):
+        yield a, b
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +92,7 @@ def test_ready_checks_redis(pair: tuple[Gateway, Gateway]) -> None:
 
 
 def test_killed_gateway_session_continues_elsewhere(
-    env: dict[str, str], pair: tuple[Gateway, Gateway], reference: RolloutEngine, tmp_path: Path
+    env: dict[str, str], pair: tuple[Gateway, Gateway], reference: RolloutEngine, gateways: Gateways
 ) -> None:
     """SIGKILL in the middle of a streamed step: the step is lost with its lease, then redone elsewhere."""
     import json
@@ -109,8 +101,7 @@ def test_killed_gateway_session_continues_elsewhere(
 
     chunks = [actions(1, 3), actions(2, 6), actions(3, 3)]
     short_lease = {**env, "IVIDEOGPT_LEASE_TTL_S": "2"}  # a dead replica's lease lapses after 2 s
-    victim = Gateway(short_lease, log=tmp_path / "victim.log")
-    try:
+    with gateways.private(short_lease) as victim:
         sid = create(victim.url, seed=21)
         got = [frames_of(step(victim.url, sid, chunks[0]))]
         with connect(f"{victim.url.replace('http', 'ws')}/v1/sessions/{sid}/stream") as ws:
@@ -118,17 +109,12 @@ def test_killed_gateway_session_continues_elsewhere(
             first = json.loads(ws.recv(timeout=60))
             assert first["type"] == "frame" and first["step_index"] == 3
             victim.kill()  # SIGKILL mid-step: nothing is flushed, the engine state and the lease holder are gone
-    finally:
-        victim.kill()
-    fresh = Gateway(short_lease, log=tmp_path / "fresh.log")  # a new process on the same Redis
-    try:
+    with gateways.private(short_lease) as fresh:  # a new process on the same Redis
         assert httpx.get(f"{fresh.url}/v1/sessions/{sid}").json()["step_index"] == 3  # the cut step is not recorded
         redo = frames_of(step(fresh.url, sid, chunks[1], step_index=3))  # waits out the dead lease, restores
         np.testing.assert_array_equal(redo[0], decode_png_b64(first["frame"]))
         got.append(redo)
         got.append(frames_of(step(pair[0].url, sid, chunks[2], step_index=9)))
-    finally:
-        fresh.stop()
     np.testing.assert_array_equal(np.concatenate(got), uninterrupted(reference, 21, chunks))
     assert httpx.get(f"{pair[0].url}/v1/sessions/{sid}").json()["step_index"] == 12
 
@@ -178,22 +164,6 @@ def test_concurrent_requests_on_two_replicas_never_double_step(pair: tuple[Gatew
     assert redis.Redis.from_url(REDIS_URL).llen(f"{prefix}steps:{sid}") == 10
 
 
-def test_evicted_session_is_restored_transparently(pair: tuple[Gateway, Gateway], reference: RolloutEngine) -> None:
-    import time
-
-    a, _ = pair
-    chunks = [actions(40, 2), actions(41, 2)]
-    sid = create(a.url, seed=8)
-    first = frames_of(step(a.url, sid, chunks[0]))
-    before = _metric(a, "ivideogpt_evictions_total")
-    time.sleep(1.5)
-    httpx.delete(f"{a.url}/v1/sessions/{create(a.url, seed=0)}")  # an open evicts the idle session
-    assert _metric(a, "ivideogpt_evictions_total") > before
-    second = frames_of(step(a.url, sid, chunks[1]))
-    np.testing.assert_array_equal(np.concatenate([first, second]), uninterrupted(reference, 8, chunks))
-    assert _metric(a, "ivideogpt_restores_total") >= 1
-
-
 def _metric(g: Gateway, name: str) -> float:
     for line in httpx.get(f"{g.url}/metrics").text.splitlines():
         if line.startswith(name + " "):
@@ -237,17 +207,14 @@ def test_reanchor_by_imagine_survives_a_restore(pair: tuple[Gateway, Gateway], r
     np.testing.assert_array_equal(got, expected)
 
 
-def test_unreachable_redis_is_not_ready_and_answers_503(env: dict[str, str], tmp_path: Path) -> None:
+def test_unreachable_redis_is_not_ready_and_answers_503(env: dict[str, str], gateways: Gateways) -> None:
     from gateway_helpers import free_port
 
     down = {**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens there
-    g = Gateway(down, log=tmp_path / "gateway.log", ready="/healthz")
-    try:
+    with gateways.private(down, ready="/healthz") as g:
         r = httpx.get(f"{g.url}/readyz")
         assert r.status_code == 503 and r.json()["checks"]["redis"].startswith("unreachable")
         body = {"context_frames": [png_b64(f) for f in context(0)]}
         r = httpx.post(f"{g.url}/v1/sessions", json=body, timeout=60)
         assert r.status_code == 503 and r.json()["error"]["code"] == "registry_unavailable"
         assert int(r.headers["Retry-After"]) >= 1
-    finally:
-        g.stop()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -12,8 +14,9 @@ import msgpack
 import numpy as np
 import pytest
 import torch
-from gateway_helpers import SLOT_BYTES, Gateway, actions, context, decode_png_b64, model_dir, png_b64
+from gateway_helpers import SLOT_BYTES, Gateway, actions, context, decode_png_b64, png_b64
 
+from conftest import Gateways
 from ivideogpt.engine import EngineConfig, RolloutEngine
 from ivideogpt.frames import to_uint8_hwc
 from ivideogpt.sampling import SamplingParams
@@ -25,12 +28,7 @@ MSGPACK = "application/msgpack"
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return model_dir(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture(scope="module")
-def gw(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+def gw(model_path: Path, gateways: Gateways) -> Iterator[Gateway]:
     env = {
         "IVIDEOGPT_MODEL_DIR": str(model_path),
         "IVIDEOGPT_API_KEYS": f"{KEY_A},{KEY_B}",
@@ -41,9 +39,8 @@ def gw(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
         "IVIDEOGPT_MAX_IMAGINE_FRAMES": "8",
         "IVIDEOGPT_MAX_BODY_BYTES": str(256 << 10),
     }
-    g = Gateway(env, log=tmp_path_factory.mktemp("log") / "gateway.log")
-    yield g
-    g.stop()
+    with gateways.private(env) as g:
+        yield g
 
 
 @pytest.fixture
@@ -393,7 +390,7 @@ def test_torch_threads_setting_sets_the_engine_threads(model_path: Path) -> None
     """Replicas sharing sessions must agree on it: frames depend on torch's thread count to the last bit."""
     import torch
 
-    from server.backend import LocalBackend
+    from server.backends.local import LocalBackend
     from server.settings import Settings
 
     want = 3
@@ -401,6 +398,6 @@ def test_torch_threads_setting_sets_the_engine_threads(model_path: Path) -> None
     try:
         engine = backend.engine
         assert engine.stats()["threads"] == want
-        assert engine.scheduler.run_exclusive(torch.get_num_threads) == want  # the thread that runs the model
+        assert engine.loop.run_exclusive(torch.get_num_threads) == want  # the thread that runs the model
     finally:
-        backend.shutdown()
+        asyncio.run(backend.shutdown())

@@ -5,24 +5,26 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gateway_helpers import Gateway, model_dir
+from gateway_helpers import Gateway
+
+from conftest import Gateways
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory):
+def gw(gateways: Gateways, model_path: Path) -> Iterator[Gateway]:
     env = {
-        "IVIDEOGPT_MODEL_DIR": str(model_dir(tmp_path_factory.mktemp("model"))),
+        "IVIDEOGPT_MODEL_DIR": str(model_path),
         "IVIDEOGPT_API_KEYS": "fuzz-key",
         "IVIDEOGPT_MAX_HORIZON": "2",  # keep each generated step cheap
         "IVIDEOGPT_MAX_IMAGINE_SEQUENCES": "2",
         "IVIDEOGPT_MAX_IMAGINE_FRAMES": "4",
     }
-    g = Gateway(env, log=tmp_path_factory.mktemp("log") / "gateway.log")
-    yield g
-    g.stop()
+    with gateways.private(env) as g:
+        yield g
 
 
 def test_schemathesis_finds_no_server_error(gw: Gateway, tmp_path: Path) -> None:

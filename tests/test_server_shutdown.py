@@ -5,15 +5,17 @@ bound is not recorded half (the history has it whole or not at all); a second SI
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 import redis
-from gateway_helpers import REDIS_URL, REPO, Gateway, actions, clear_redis, context, png_b64, redis_prefix
+from gateway_helpers import REDIS_URL, REPO, actions, clear_redis, context, png_b64, redis_prefix
+
+from conftest import Gateways
 
 CLEANUP_S = 4.0  # after the drain bound: leases, Redis, engine threads (the gateway's own watchdog: 5 s)
 
@@ -25,15 +27,22 @@ def prefix() -> Iterator[str]:
     clear_redis(p)
 
 
-def start(prefix: str, drain_s: float, log: Path) -> Gateway:
-    env = {
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def settings(prefix: str, drain_s: float) -> dict[str, str]:
+    return {
         "IVIDEOGPT_MODEL_REPOSITORY": str(REPO / "model_repository"),
         "IVIDEOGPT_REDIS_URL": REDIS_URL,
         "IVIDEOGPT_REDIS_PREFIX": prefix,
         "IVIDEOGPT_DRAIN_S": str(drain_s),
         "IVIDEOGPT_LEASE_TTL_S": "60",  # a lease left behind would outlive this test: nothing lapses by itself
     }
-    return Gateway(env, log=log)
 
 
 class Fleet:
@@ -82,10 +91,9 @@ def wait_until(what: str, ok, timeout_s: float = 120) -> None:
         time.sleep(0.02)
 
 
-def test_sigterm_under_load_drains_within_the_bound_and_releases_every_lease(prefix: str, tmp_path: Path) -> None:
+def test_sigterm_under_load_drains_within_the_bound_and_releases_every_lease(prefix: str, gateways: Gateways) -> None:
     drain_s = 2.0
-    g = start(prefix, drain_s, tmp_path / "gateway.log")
-    try:
+    with gateways.private(settings(prefix, drain_s)) as g:
         fleet = Fleet(g.url, sessions=12, h=32)  # 384 frames in flight: more than the drain bound lets finish
         wait_until("every session stepped", fleet.running)
         g.proc.send_signal(signal.SIGTERM)
@@ -93,9 +101,7 @@ def test_sigterm_under_load_drains_within_the_bound_and_releases_every_lease(pre
         g.proc.wait(drain_s + CLEANUP_S + 30)
         took = time.monotonic() - t0
         fleet.join()
-    finally:
-        g.kill()
-    log = (tmp_path / "gateway.log").read_text()
+    log = g.log.read_text()
     assert took <= drain_s + CLEANUP_S, f"exited {took:.1f} s after SIGTERM (drain bound {drain_s} s)\n{log[-3000:]}"
     assert "ran past the drain bound" not in log
     assert set(fleet.ended) == set(fleet.sids)
@@ -109,20 +115,17 @@ def test_sigterm_under_load_drains_within_the_bound_and_releases_every_lease(pre
         assert recorded in (fleet.acked[sid], fleet.acked[sid] + fleet.h), (sid, recorded, fleet.acked[sid])
 
 
-def test_a_second_sigterm_exits_at_once(prefix: str, tmp_path: Path) -> None:
-    g = start(prefix, 60.0, tmp_path / "gateway.log")
-    try:
+def test_a_second_sigterm_exits_at_once(prefix: str, gateways: Gateways) -> None:
+    with gateways.private(settings(prefix, 60.0)) as g:
         fleet = Fleet(g.url, sessions=8, h=32)
         wait_until("every session stepped", fleet.running)
         g.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        wait_until("the gateway drains (it closes its listening socket)", lambda: not listening(g.port))
         assert g.proc.poll() is None, "exited before the in-flight steps could finish"
         g.proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
         g.proc.wait(30)
         took = time.monotonic() - t0
         fleet.join()
-    finally:
-        g.kill()
     assert took < 2.0, f"the second SIGTERM took {took:.1f} s"
     assert g.proc.returncode == 128 + signal.SIGTERM

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,21 +12,21 @@ import pytest
 import torch
 from gateway_helpers import Gateway, actions, context, decode_png_b64, png_b64
 
-from conftest import TRITON_TTL_S
+from conftest import Gateways, sessions_once_idle
 from ivideogpt.engine import EngineConfig, RolloutEngine
 from ivideogpt.frames import to_uint8_hwc
 from ivideogpt.sampling import SamplingParams
-from ivideogpt.triton_server import TritonServer
+from ivideogpt_triton.server import TritonServer
+from server.backends.triton_client import TritonRolloutClient
 
 pytestmark = pytest.mark.triton
 
 
 @pytest.fixture(scope="module")
-def gateway(triton_server: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(triton_server: TritonServer, gateways: Gateways) -> Iterator[Gateway]:
     env = {"IVIDEOGPT_BACKEND": "triton", "IVIDEOGPT_TRITON_URL": triton_server.grpc_url}
-    gw = Gateway(env, log=tmp_path_factory.mktemp("gw") / "gateway.log")
-    yield gw
-    gw.stop()
+    with gateways.private(env) as gw:
+        yield gw
 
 
 def reference(repository: Path, seed: int, steps: list[list[list[float]]], seqs: list | None = None) -> tuple:
@@ -82,11 +82,21 @@ def test_session_through_the_triton_backend(gateway: Gateway, triton_repository:
     assert "ivideogpt_kv_cache_blocks_free" in metrics
 
 
-def test_session_idled_out_on_triton_is_restored_transparently(gateway: Gateway, triton_repository: Path) -> None:
+def test_session_idled_out_on_triton_is_restored_transparently(
+    gateway: Gateway, triton_repository: Path, triton_server: TritonServer
+) -> None:
     sid = create(gateway, 4)
     a0, a1 = actions(3, 2), actions(4, 2)
     first = step(gateway, sid, a0, 0)
-    time.sleep(TRITON_TTL_S + 2.5)  # Triton and its model forget the sequence
+
+    async def forgotten() -> int:  # Triton and its model forget the sequence after the idle timeout
+        client = TritonRolloutClient(triton_server.grpc_url)
+        try:
+            return await sessions_once_idle(client)
+        finally:
+            await client.close_connection()
+
+    assert asyncio.run(forgotten()) == 0
     second = step(gateway, sid, a1, 2)  # the gateway rebuilds it on Triton from the recorded history
     frames, _, _ = reference(triton_repository, 4, [a0, a1])
     got = np.stack([decode_png_b64(f) for f in first["frames"] + second["frames"]])

@@ -7,18 +7,20 @@ import base64
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import httpx
 import msgpack
 import numpy as np
 import pytest
-from gateway_helpers import Gateway, actions, context, model_dir, png_b64
+from gateway_helpers import Gateway, actions, context, png_b64
+from ivideogpt_client.proto_gen.worldmodel.v1 import worldmodel_pb2 as pb
+from ivideogpt_client.proto_gen.worldmodel.v1 import worldmodel_pb2_grpc as pb_grpc
 from PIL import Image
 from websockets.sync.client import connect
 
-from server.proto_gen.worldmodel.v1 import worldmodel_pb2 as pb
-from server.proto_gen.worldmodel.v1 import worldmodel_pb2_grpc as pb_grpc
+from conftest import Gateways
 
 MSGPACK = {"Content-Type": "application/msgpack", "Accept": "application/json"}
 BIG = 1 << 32  # element counts of these shapes wrap around in int64
@@ -27,11 +29,8 @@ BODY_TRANSPORTS = ["rest-json", "rest-msgpack", "grpc"]  # create and imagine (n
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    env = {"IVIDEOGPT_MODEL_DIR": str(model_dir(tmp_path_factory.mktemp("model")))}
-    g = Gateway(env, grpc=True, log=tmp_path_factory.mktemp("log") / "gateway.log")
-    yield g
-    g.stop()
+def gw(gateways: Gateways, model_path: Path) -> Gateway:
+    return gateways.shared({"IVIDEOGPT_MODEL_DIR": str(model_path)}, grpc=True)
 
 
 @pytest.fixture(scope="module")

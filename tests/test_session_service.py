@@ -12,32 +12,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gateway_helpers import SLOT_BYTES, actions, context, model_dir
+from gateway_helpers import SLOT_BYTES, actions, context
 
-from server.backend import LocalBackend
+from server.backends import FrameOut
+from server.backends.local import LocalBackend
 from server.errors import ApiError
 from server.metrics import Metrics
 from server.registry import MemoryRegistry
-from server.sessions import FrameOut, SessionService
+from server.sessions import SessionService
 from server.settings import Settings
 
 SAMPLING = {"temperature": 1.0, "top_k": 100, "greedy": False, "seed": 3}
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return model_dir(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture(scope="module")
 def backend(model_path: Path) -> Iterator[LocalBackend]:
     b = LocalBackend(Settings(model_dir=str(model_path), cache_bytes=8 * SLOT_BYTES))
     yield b
-    b.shutdown()
+    asyncio.run(b.shutdown())
 
 
 def service(backend: LocalBackend, **settings: float) -> SessionService:
-    return SessionService(backend.settings.model_copy(update=settings), backend, MemoryRegistry(), Metrics(dict))
+    return SessionService(backend.settings.model_copy(update=settings), backend, MemoryRegistry(), Metrics())
 
 
 def acts(seed: int, h: int) -> np.ndarray:
@@ -67,7 +63,8 @@ def test_a_step_past_the_engine_deadline_is_504_and_records_nothing(backend: Loc
         assert svc.admission.running == 0
         for s in (twin, sid):
             await svc.delete("k", s)
-        assert backend.stats()["sessions"] == 0 and backend.stats()["cache_blocks_used"] == 0
+        stats = await backend.stats()
+        assert stats["sessions"] == 0 and stats["cache_blocks_used"] == 0
 
     asyncio.run(main())
 
@@ -76,8 +73,13 @@ def test_a_request_for_a_busy_session_gives_up_after_the_lease_wait(backend: Loc
     async def main() -> None:
         svc = service(backend, lease_wait_s=0.3)
         sid = (await svc.create("k", context(0), SAMPLING)).session_id
-        long = asyncio.create_task(svc.step("k", sid, acts(6, 32), 0))
-        await asyncio.sleep(0.05)
+        under_way = asyncio.Event()
+
+        async def first_frame(frame: FrameOut) -> None:
+            under_way.set()
+
+        long = asyncio.create_task(svc.step("k", sid, acts(6, 32), 0, on_frame=first_frame))
+        await asyncio.wait_for(under_way.wait(), 60)  # the long step holds the session
         t0 = time.monotonic()
         with pytest.raises(ApiError) as e:
             await svc.step("k", sid, acts(7, 1))
@@ -104,8 +106,7 @@ def test_a_draining_service_takes_no_new_work(backend: LocalBackend) -> None:
             assert (e.value.status, e.value.code) == (503, "shutting_down") and e.value.retry_after >= 1
         assert (await svc.get("k", sid))[1] == 0  # reads and deletes still answer
         await svc.delete("k", sid)
-        assert backend.stats()["sessions"] == 0
-
+        assert (await backend.stats())["sessions"] == 0
 
     asyncio.run(main())
 

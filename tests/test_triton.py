@@ -16,14 +16,15 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import TRITON_TTL_S
+from conftest import ManualClock, sessions_once_idle
 from ivideogpt.engine import EngineConfig, RolloutEngine
 from ivideogpt.engine.errors import InvalidInput, SessionNotFound
 from ivideogpt.frames import to_uint8_hwc
 from ivideogpt.sampling import SamplingParams
-from ivideogpt.triton_client import TritonRolloutClient
-from ivideogpt.triton_protocol import MODEL_NAME
-from ivideogpt.triton_server import TritonServer
+from ivideogpt_triton.model import RolloutSessions, engine_config
+from ivideogpt_triton.protocol import MODEL_NAME
+from ivideogpt_triton.server import TritonServer
+from server.backends.triton_client import TritonRolloutClient
 
 pytestmark = pytest.mark.triton
 
@@ -128,13 +129,32 @@ def test_restore_continues_like_the_uninterrupted_session(triton_server: TritonS
     assert [r.tokens for r in whole.history.steps] == [r.tokens for r in again.history.steps]
 
 
+def test_the_model_forgets_sessions_idle_for_the_ttl(triton_repository: Path) -> None:
+    """The model's own idle logic, in process on a clock the test moves (the real server's is next)."""
+    clock = ManualClock()
+    config = engine_config({"sequence_batching": {"max_sequence_idle_microseconds": 6_000_000}})
+    sessions = RolloutSessions(RolloutEngine.from_repository(triton_repository, config, clock=clock))
+    try:
+        frames = {"CONTEXT_FRAMES": context(6), "OPERATION": np.array([b"open"], dtype=object)}
+        sessions.handle(61, True, False, frames)
+        step = {"OPERATION": np.array([b"step"], dtype=object), "ACTIONS": actions(60, 1)}
+        sessions.handle(61, False, False, step)
+        clock.advance(5.9)
+        assert sessions.sweep_idle() == 0 and len(sessions) == 1  # idle, not yet for the TTL
+        clock.advance(0.2)
+        assert sessions.sweep_idle() == 1 and len(sessions) == 0
+        with pytest.raises(SessionNotFound):
+            sessions.handle(61, False, False, step)
+    finally:
+        sessions.engine.shutdown()
+
+
 def test_idle_session_is_freed(triton_server: TritonServer) -> None:
     async def idle(client: TritonRolloutClient):
         await client.open(41, context(4), {"seed": 0})
         await client.step(41, actions(40, 1))
         held = (await client.stats(40_001))["sessions"]
-        await asyncio.sleep(TRITON_TTL_S + 2.5)
-        after = (await client.stats(40_002))["sessions"]
+        after = await sessions_once_idle(client)
         with pytest.raises(SessionNotFound):
             await client.step(41, actions(41, 1))
         return held, after

@@ -1,11 +1,12 @@
-"""KV cache memory of one device: a fixed budget of blocks, handed out as block tables.
+"""KV cache memory of one device: a fixed budget of blocks of one ``KVCache``, handed out as block tables.
 
-Storage is ``[n_layers, n_heads, n_blocks * block_size, head_dim]`` for keys and values, the
-position axis running across blocks. A session's block table is, for now, one contiguous
-run of blocks: a slot of ``max_positions`` tokens, aligned to a grid of slots, so the
-attention of many sessions reads their slots as one strided view (no gather, one kernel);
-imagine's fork suffixes take any free run. Callers only see ``BlockTable`` and the pool's
-counters, so paged blocks can replace contiguous runs later without touching them.
+Storage is the transformer's one cache layout (``ivideogpt.transformer.KVCache``): keys and
+values ``[n_layers, n_heads, n_blocks * block_size, head_dim]``, the position axis running
+across blocks. A session's block table is, for now, one contiguous run of blocks: a slot of
+``max_positions`` tokens, aligned to a grid of slots, so the attention of many sessions reads
+their slots as one strided view (no gather, one kernel); imagine's fork suffixes take any free
+run. Callers only see ``BlockTable``, the pool's counters and the attention metadata it builds
+(``metadata``), so paged blocks can replace contiguous runs later without touching them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from ivideogpt.config import TransformerConfig
 from ivideogpt.engine.errors import CapacityError
-from ivideogpt.transformer import additive_mask
+from ivideogpt.transformer import AttentionMetadata, KVCache, additive_mask
 
 
 @dataclass(frozen=True)
@@ -58,15 +59,21 @@ class KVCachePool:
             )
         self.n_blocks = self.n_slots * self.slot_blocks
         shape = (cfg.n_layers, cfg.n_heads, self.n_blocks * block_size, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        k, v = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+        self.cache = KVCache(k, v, self.slot_tokens)
         self._used = [False] * self.n_blocks
         self.peak_used_blocks = 0
+
+    @staticmethod
+    def slot_bytes(cfg: TransformerConfig, block_size: int, dtype: torch.dtype = torch.float32) -> int:
+        """The cache bytes of one session's slot (``cache_bytes`` for n sessions: n times this)."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return 2 * cfg.n_layers * cfg.hidden_size * itemsize * block_size * math.ceil(cfg.max_positions / block_size)
 
     def blocks_for(self, tokens: int) -> int:
         return math.ceil(tokens / self.block_size)
 
-    # allocation (only the scheduler thread calls these)
+    # allocation (only the engine's token thread calls these)
     def allocate_slot(self) -> BlockTable:
         """A session's slot: max_positions tokens on the slot grid."""
         for slot in range(self.n_slots):
@@ -120,16 +127,60 @@ class KVCachePool:
     # views
     def slot_views(self, table: BlockTable) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of one session's slot, ``[L, H, max_positions, Dh]`` views into the pool."""
-        a = table.start
-        b = a + self.cfg.max_positions
-        return self.k[:, :, a:b], self.v[:, :, a:b]
+        return self.cache.slot_views(table.start, self.cfg.max_positions)
+
+    def metadata(self, n_rows: int, sessions: list[SessionRow], forks: list[ForkGroup]) -> AttentionMetadata:
+        """What one decode step (one new token per row) attends to: session rows read their slots
+        through one strided window over the slot grid, masked to each row's length; fork groups
+        are one row of integers each."""
+        device = self.cache.k.device
+        write, positions = [0] * n_rows, [0] * n_rows
+        for s in sessions:
+            write[s.row], positions[s.row] = s.start + s.length, s.length
+        for g in forks:
+            for i in range(g.rows.stop - g.rows.start):
+                write[g.rows.start + i] = g.suffix_start + i * g.stride + g.length
+                positions[g.rows.start + i] = g.prefix + g.length
+        if max(positions, default=0) >= self.cfg.max_positions:
+            raise ValueError(f"a row would pass max_positions {self.cfg.max_positions}")
+        long = {"dtype": torch.long, "device": device}
+        no_mask = torch.zeros(0, 1, 1, 1, device=device)
+        rows = slots = torch.zeros(0, **long)
+        window, mask = torch.zeros(4, **long), no_mask
+        if sessions:
+            slot_of = [s.start // self.slot_tokens for s in sessions]
+            lo, hi = min(slot_of), max(slot_of) + 1
+            span = max(s.length for s in sessions) + 1
+            rows = torch.tensor([s.row for s in sessions], **long)
+            slots = torch.tensor(slot_of, **long) - lo
+            window = torch.tensor([lo, hi - lo, span, self.slot_tokens], **long)
+            row_lengths = [s.length for s in sessions]
+            if len(sessions) != hi - lo or min(row_lengths) != max(row_lengths):  # else no mask (faster)
+                lengths = torch.zeros(hi - lo, **long)  # slots without a row here attend to key 0 only
+                lengths[slots] = torch.tensor(row_lengths, **long)
+                mask = additive_mask((torch.arange(span, device=device)[None, :] <= lengths[:, None])[:, None, None])
+        fork_rows = [
+            [g.rows.start, g.rows.stop - g.rows.start, g.parent_start, g.prefix, g.suffix_start, g.stride, g.length]
+            for g in forks
+        ]
+        return AttentionMetadata(
+            positions=torch.tensor(positions, **long),
+            write=torch.tensor(write, **long),
+            rows=rows,
+            slots=slots,
+            window=window,
+            mask=mask,
+            forks=torch.tensor(fork_rows, **long).reshape(len(forks), 7),
+        )
 
 
 @dataclass
 class SessionRow:
+    """A row on a session's slot: its new token goes after the ``length`` tokens already there."""
+
     row: int
     start: int  # first pool position of the session's slot
-    length: int  # tokens already in the cache
+    length: int
 
 
 @dataclass
@@ -142,71 +193,3 @@ class ForkGroup:
     suffix_start: int  # first pool position of the K suffix buffers, ``stride`` tokens each
     stride: int
     length: int  # tokens in each suffix so far
-
-
-class DecodeBatch:
-    """The pool-side inputs of one decode step (``TransformerDecode``) for these rows.
-
-    Session rows read their slots through one strided window over the slot grid, masked to
-    each row's length; fork groups are described by one row of integers each.
-    """
-
-    def __init__(self, pool: KVCachePool, n_rows: int, sessions: list[SessionRow], forks: list[ForkGroup]):
-        self.pool, self.sessions, self.forks = pool, sessions, forks
-        device = pool.k.device
-        write, positions = [0] * n_rows, [0] * n_rows
-        for s in sessions:
-            write[s.row], positions[s.row] = s.start + s.length, s.length
-        for g in forks:
-            for i in range(g.rows.stop - g.rows.start):
-                write[g.rows.start + i] = g.suffix_start + i * g.stride + g.length
-                positions[g.rows.start + i] = g.prefix + g.length
-        if max(positions, default=0) >= pool.cfg.max_positions:
-            raise ValueError(f"a row would pass max_positions {pool.cfg.max_positions}")
-        long = {"dtype": torch.long, "device": device}
-        self.positions = torch.tensor(positions, **long)
-        self.write = torch.tensor(write, **long)
-        if sessions:
-            slots = [s.start // pool.slot_tokens for s in sessions]
-            lo, hi = min(slots), max(slots) + 1
-            span = max(s.length for s in sessions) + 1
-            self.session_rows = torch.tensor([s.row for s in sessions], **long)
-            self.session_slots = torch.tensor(slots, **long) - lo
-            self.window = torch.tensor([lo, hi - lo, span, pool.slot_tokens], **long)
-            row_lengths = [s.length for s in sessions]
-            if len(sessions) == hi - lo and min(row_lengths) == max(row_lengths):
-                self.session_mask = torch.zeros(0, 1, 1, 1, device=device)  # no mask needed (faster)
-            else:
-                lengths = torch.zeros(hi - lo, **long)  # slots without a row here attend to key 0 only
-                lengths[self.session_slots] = torch.tensor(row_lengths, **long)
-                allowed = torch.arange(span, device=device)[None, :] <= lengths[:, None]
-                self.session_mask = additive_mask(allowed[:, None, None])
-        else:
-            self.session_rows = self.session_slots = torch.zeros(0, **long)
-            self.window = torch.zeros(4, **long)
-            self.session_mask = torch.zeros(0, 1, 1, 1, device=device)
-        meta = [
-            [g.rows.start, g.rows.stop - g.rows.start, g.parent_start, g.prefix, g.suffix_start, g.stride, g.length]
-            for g in forks
-        ]
-        self.fork_meta = torch.tensor(meta, **long).reshape(len(forks), 7)
-
-    def inputs(self) -> tuple[torch.Tensor, ...]:
-        """Everything ``TransformerDecode`` takes after the embeddings, in its order."""
-        return (
-            self.positions,
-            self.pool.k,
-            self.pool.v,
-            self.write,
-            self.session_rows,
-            self.session_slots,
-            self.window,
-            self.session_mask,
-            self.fork_meta,
-        )
-
-    def commit(self) -> None:
-        for s in self.sessions:
-            s.length += 1
-        for g in self.forks:
-            g.length += 1

@@ -1,9 +1,13 @@
-"""ModelRunner: the seven entry points the engine calls, eager or exported TorchScript.
+"""ModelRunner: the seven entry points the engine calls, eager or exported TorchScript, and the token step.
 
 One artifact format, two runtimes: ``from_model`` wraps a ``WorldModel``'s modules as they
-are; ``export`` writes the same modules as TorchScript into a Triton model repository (one
-folder per module with ``1/model.pt`` and ``config.pbtxt``, the model config beside them);
-``from_repository`` loads that repository back. The engine cannot tell them apart.
+are; ``training.export`` writes the same modules as TorchScript into a model repository (one
+folder per module with ``1/model.pt``, the model config beside them); ``from_repository``
+loads that repository back. The engine cannot tell them apart.
+
+``execute`` runs one scheduled token step (``StepBatch``) over the KV cache pool: embeddings,
+the transformer's decode step, the heads, and sampling, one draw per row from the row's own
+generator, so a row's sample never depends on its batch neighbours.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import torch
 from torch import nn
 
 from ivideogpt.config import ModelConfig
+from ivideogpt.engine.batch import StepBatch, StepOutput
+from ivideogpt.engine.kv_cache import BlockTable, KVCachePool
 from ivideogpt.engine.tokenizer_steps import ContextDecode, ContextEncode, FutureDecode
 from ivideogpt.engine.transformer_steps import (
     TransformerDecode,
@@ -22,7 +28,9 @@ from ivideogpt.engine.transformer_steps import (
     TransformerPrefill,
 )
 from ivideogpt.model import WorldModel
+from ivideogpt.sampling import draw_uniforms, sample_tokens
 from ivideogpt.tokens import TokenLayout
+from ivideogpt.transformer import AttentionMetadata
 
 CONFIG_FILE = "ivideogpt_config.json"
 MODULES = (
@@ -47,6 +55,18 @@ class ModelRunner:
             raise ValueError(f"model runner lacks modules: {', '.join(sorted(missing))}")
         self.cfg, self.modules, self.device, self.dtype = cfg, modules, device, dtype
         self.layout = TokenLayout.from_config(cfg)
+        self.pool: KVCachePool | None = None
+
+    def allocate_cache(self, cache_bytes: int, block_size: int) -> KVCachePool:
+        """The KV cache the transformer steps read and write: ``cache_bytes`` of ``block_size``-token blocks."""
+        self.pool = KVCachePool(self.cfg.transformer, cache_bytes, block_size, self.device, self.dtype)
+        return self.pool
+
+    @property
+    def kv(self) -> KVCachePool:
+        if self.pool is None:
+            raise RuntimeError("no KV cache: allocate_cache first")
+        return self.pool
 
     @classmethod
     def from_model(
@@ -113,8 +133,49 @@ class ModelRunner:
         start_t = torch.tensor([start], device=self.device)
         return self.modules["transformer_prefill"](x, k_slot, v_slot, start_t)
 
-    def decode(self, x: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return self.modules["transformer_decode"](x, *inputs)
+    def prefill_slot(self, x: torch.Tensor, table: BlockTable, start: int) -> torch.Tensor:
+        """Append embeddings x [T, D] to the slot of ``table`` after its first ``start`` tokens."""
+        return self.prefill(x[None], *self.kv.slot_views(table), start)
+
+    def decode(self, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        m, cache = meta, self.kv.cache
+        args = (m.positions, cache.k, cache.v, m.write, m.rows, m.slots, m.window, m.mask, m.forks)
+        return self.modules["transformer_decode"](x, *args)
 
     def heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.modules["transformer_heads"](hidden)
+
+    # the engine's work
+    @torch.inference_mode()  # also on the pixel thread, whose own grad mode would be on
+    def decode_frame(self, features: list[torch.Tensor], raw_tokens: torch.Tensor) -> torch.Tensor:
+        """One frame's pixels [3, H, W] (float, CPU) from its sampled ids and its anchor's decoder features.
+
+        Batch 1: pixel decoding is compute bound, and per-frame decoding keeps a frame's bits
+        the same whatever else is decoded.
+        """
+        lay = self.layout
+        future = (raw_tokens.to(self.device) - lay.future_offset).clamp(0, lay.future_codebook_size - 1)
+        return self.decode_future(future[None, None], features)[0, 0].float().cpu()
+
+    def execute(self, batch: StepBatch) -> StepOutput:
+        """One token step: every row's token in, every sampling row's next token and every row's reward out."""
+        device = self.device
+        x = self.embed(batch.ids.to(device), batch.actions.to(device), batch.with_action.to(device))
+        hidden = self.decode(x, self.kv.metadata(batch.n_rows, batch.sessions, batch.forks))
+        logits, rewards = self.heads(hidden)
+        logits = logits.cpu()
+        lay = self.layout
+        allowed = (lay.future_offset, lay.future_offset + lay.future_codebook_size)
+        tokens = None
+        for group in batch.sampling:
+            params = group.params
+            uniforms = None if params.greedy else draw_uniforms(group.generators)
+            if group.rows == list(range(batch.n_rows)):  # one group holding every row in order (a lone session, say)
+                tokens = sample_tokens(logits, params, uniforms, allowed)
+                continue
+            index = torch.tensor(group.rows)
+            tokens = torch.zeros(batch.n_rows, dtype=torch.long) if tokens is None else tokens
+            tokens[index] = sample_tokens(logits[index], params, uniforms, allowed)
+        if tokens is None:  # no row samples at this step (every one fed a frame's last token)
+            tokens = torch.zeros(batch.n_rows, dtype=torch.long)
+        return StepOutput(tokens, rewards.cpu() if self.cfg.transformer.reward_head else None)

@@ -1,15 +1,26 @@
-"""Per-session state, its history (enough to rebuild it), and the seed derivation."""
+"""A session: its state, its history (enough to rebuild it), re-anchoring and replay, the seed derivation.
+
+Long sessions re-anchor transparently: when the next frame would pass the transformer's
+position limit, the last c predicted frames become the new context (re-encoded, re-prefilled),
+and the step index at which that happened is kept in the history, so ``replay`` (a restore)
+re-anchors at exactly the same points. The model work here runs on the engine's token thread
+(``EngineLoop``), the only user of the runner's transformer and the cache pool.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from ivideogpt.engine.kv_cache import BlockTable
+from ivideogpt.engine.config import EngineConfig
+from ivideogpt.engine.errors import InvalidInput, SessionNotFound
+from ivideogpt.engine.kv_cache import BlockTable, KVCachePool
+from ivideogpt.engine.runner import ModelRunner
 from ivideogpt.sampling import SamplingParams
 
 
@@ -85,6 +96,161 @@ class Session:
     last_used: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @classmethod
+    def start(
+        cls,
+        sid: str,
+        runner: ModelRunner,
+        table: BlockTable,
+        ids: torch.Tensor,
+        sampling: SamplingParams,
+        history: SessionHistory,
+        now: float,
+    ) -> Session:
+        """A session on context ids [1, c, G]: their decoder features and frames, their tokens prefilled."""
+        recon, features = runner.decode_context(ids)
+        session = cls(sid, table, sampling, history, ids, features, recon[0], last_used=now)
+        session.prefill_context(runner)
+        return session
+
     @property
     def step_index(self) -> int:
         return len(self.history.steps)
+
+    def needs_reanchor(self, tokens: int, max_positions: int) -> bool:
+        """Whether ``tokens`` more would pass the position limit."""
+        return self.length + tokens > max_positions
+
+    def prefill_context(self, runner: ModelRunner) -> None:
+        """The anchor's context tokens become the whole content of the session's slot."""
+        prelude = runner.layout.context_sequence(self.context_ids)[0]
+        self._prefill(runner, runner.embed(prelude), start=0)
+
+    def _prefill(self, runner: ModelRunner, x: torch.Tensor, start: int) -> None:
+        runner.prefill_slot(x, self.table, start)
+        self.length = start + x.shape[0]
+
+    def reanchor(self, runner: ModelRunner) -> None:
+        """The last c frames (predicted, or the anchor's own) become the new context."""
+        c = runner.cfg.tokenizer.context_length
+        since = self.history.steps[self.anchor_step :][-c:]
+        predicted = [runner.decode_frame(self.decoder_features, torch.tensor(r.tokens)) for r in since]
+        recent = ([f.float().cpu() for f in self.anchor_frames] + predicted)[-c:]
+        frames = torch.stack(recent)[None].to(runner.device, runner.dtype)
+        ids = runner.encode_context(frames)
+        recon, features = runner.decode_context(ids)
+        self.previous_anchor = (self.anchor_step, self.decoder_features)
+        self.context_ids, self.decoder_features, self.anchor_frames = ids, features, recon[0]
+        self.anchor_step = self.step_index
+        self.history.reanchors.append(self.step_index)
+        self.prefill_context(runner)
+
+    def replay(self, runner: ModelRunner, history: SessionHistory) -> None:
+        """Prefill recorded steps segment by segment between re-anchors (no resampling)."""
+        lay, device = runner.layout, runner.device
+        steps, reanchors = history.steps, set(history.reanchors)
+        i = 0
+        while i <= len(steps):
+            if i in reanchors:
+                self.reanchor(runner)
+            j = i
+            while j < len(steps) and (j == i or j not in reanchors):
+                j += 1
+            segment = steps[i:j]
+            if segment:
+                ids = torch.tensor([[lay.sdf_id, *r.tokens] for r in segment], device=device).flatten()
+                with_action = (torch.arange(ids.shape[0], device=device) % lay.frame_stride) == 0
+                actions = None
+                if runner.cfg.transformer.action_dim:
+                    per_step = torch.tensor([r.action for r in segment], device=device)
+                    actions = per_step.repeat_interleave(lay.frame_stride, dim=0)
+                else:
+                    with_action = None
+                self._prefill(runner, runner.embed(ids, actions, with_action), start=self.length)
+                self.history.steps.extend(StepRecord(r.action, list(r.tokens), r.reward) for r in segment)
+            if j == i:
+                break
+            i = j
+
+    def add_frame(self, action: list[float], tokens: list[int], reward: float | None, stride: int) -> int:
+        """Record a predicted frame whose ``stride`` tokens the cache now holds; returns its step index."""
+        self.length += stride
+        self.history.steps.append(StepRecord(action, tokens, reward))
+        return self.step_index - 1
+
+    def features_for(self, step: int) -> list[torch.Tensor]:
+        """The decoder features that decode recorded step ``step`` (the current or the previous anchor's)."""
+        oldest = self.previous_anchor[0] if self.previous_anchor else self.anchor_step
+        if step < oldest:
+            raise InvalidInput("step_index", f"step {step} is older than the kept anchors (from {oldest})")
+        if step < self.anchor_step:
+            assert self.previous_anchor is not None
+            return self.previous_anchor[1]
+        return self.decoder_features
+
+
+class SessionTable:
+    """The sessions an engine holds: their ids, idle eviction, the cache slot each one holds.
+
+    Sessions are added and dropped on the engine's token thread (it alone allocates cache
+    blocks) and read from any thread. ``clock`` (seconds) times idleness; tests pass their own.
+    """
+
+    def __init__(self, pool: KVCachePool, config: EngineConfig, clock: Callable[[], float]):
+        self.pool, self.config, self.clock = pool, config, clock
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def has(self, sid: str) -> bool:
+        with self._lock:
+            return sid in self._sessions
+
+    def get(self, sid: str) -> Session:
+        """The session, marked as used now."""
+        with self._lock:
+            session = self._sessions.get(sid)
+        if session is None:
+            raise SessionNotFound(sid)
+        session.last_used = self.clock()
+        return session
+
+    def add(self, sid: str, build: Callable[[BlockTable], Session]) -> None:
+        """A new session in a free slot (idle sessions are evicted first to make room)."""
+        self.evict_idle()
+        with self._lock:
+            if sid in self._sessions:
+                raise InvalidInput("session_id", f"session {sid} is live")
+        table = self.pool.allocate_slot()
+        try:
+            session = build(table)
+        except BaseException:
+            self.pool.free(table)
+            raise
+        with self._lock:
+            self._sessions[sid] = session
+
+    def drop(self, session: Session) -> None:
+        if not session.closed:
+            session.closed = True
+            self.pool.free(session.table)
+        with self._lock:
+            self._sessions.pop(session.id, None)
+
+    def evict_idle(self) -> list[str]:
+        now, ttl = self.clock(), self.config.session_ttl_s
+        with self._lock:
+            idle = [s for s in self._sessions.values() if now - s.last_used > ttl]
+        evicted = []
+        for s in idle:
+            if s.lock.acquire(blocking=False):  # a session in use is not idle
+                try:
+                    self.drop(s)
+                    evicted.append(s.id)
+                finally:
+                    s.lock.release()
+        self.evictions += len(evicted)
+        return evicted

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,7 +27,7 @@ async def readyz(request: Request) -> Response:
         except Exception as exc:
             checks["redis"] = f"unreachable: {exc.__class__.__name__}"
     if state.settings.backend == "triton" and checks["model"] == "loaded":
-        ready = await asyncio.to_thread(state.service.backend.ready)
+        ready = await state.service.backend.ready()
         checks["triton"] = "ok" if ready else f"{state.settings.triton_url} has no ready model"
     if checks["model"] == "loaded" and state.service.draining:
         checks["shutdown"] = "draining"
@@ -39,4 +37,7 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics (ivideogpt_*)", response_class=Response)
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    state = request.app.state
+    if state.service is not None:
+        state.metrics.engine_stats = await state.service.backend.stats()
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

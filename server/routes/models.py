@@ -8,11 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from server.auth import Caller
-from server.convert import frames_out
+from server.deps import Caller, Svc
 from server.samples import sample_episodes, sample_frames
 from server.schemas import ErrorBody, ModelInfo, ModelList, SampleContext, SampleEpisodes
-from server.wire import msgpack_response, wants_msgpack
+from server.wire import frames_out, msgpack_response, wants_msgpack
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -23,8 +22,8 @@ SAMPLE_ERRORS = {
 
 
 @router.get("/models", response_model=ModelList, summary="The served model")
-async def models(request: Request, _: Caller) -> ModelList:
-    return ModelList(models=[ModelInfo(**request.app.state.service.model_info())])
+async def models(_: Caller, svc: Svc) -> ModelList:
+    return ModelList(models=[ModelInfo(**svc.model_info())])
 
 
 @router.get(
@@ -36,11 +35,12 @@ async def models(request: Request, _: Caller) -> ModelList:
 async def sample_context(
     request: Request,
     _: Caller,
+    svc: Svc,
     frames: Annotated[int | None, Query(ge=1, le=64, description="how many (default: the model's context)")] = None,
     episode: Annotated[int, Query(ge=0, le=100_000, description="held-out episode (manifest order)")] = 0,
     start: Annotated[int, Query(ge=0, le=100_000, description="first frame in the episode")] = 0,
 ) -> Response:
-    info = request.app.state.service.model_info()
+    info = svc.model_info()
     source, x = sample_frames(info["image_size"], frames or info["context_frames"], episode, start)
     binary = wants_msgpack(request)
     payload = {"frames": frames_out(x, binary), "source": source, "start": start}
@@ -53,6 +53,6 @@ async def sample_context(
     summary="The held-out episodes /v1/sample_context takes frames from",
     responses=SAMPLE_ERRORS,
 )
-async def sample_episodes_list(request: Request, _: Caller) -> SampleEpisodes:
-    info = request.app.state.service.model_info()
+async def sample_episodes_list(_: Caller, svc: Svc) -> SampleEpisodes:
+    info = svc.model_info()
     return SampleEpisodes(episodes=sample_episodes(info["image_size"]))

@@ -7,14 +7,12 @@ import asyncio
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from server.auth import Caller
-from server.codec import MAX_SIDE
-from server.convert import frames_in
+from server.deps import Caller
 from server.errors import invalid
 from server.routes.sessions import ERRORS
 from server.schemas import Array, RenderGifRequest
 from server.video import render_gif, rollout_labels
-from server.wire import WireRoute
+from server.wire import MAX_SIDE, WireRoute, frames_in
 
 router = APIRouter(prefix="/v1/render", tags=["render"], route_class=WireRoute)
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from server.auth import Caller
-from server.convert import floats_in, floats_out, frames_in, frames_out
+from server.deps import Caller, Svc
 from server.forward import maybe_forward
 from server.registry import SessionRecord
 from server.schemas import (
@@ -21,8 +19,7 @@ from server.schemas import (
     StepRequest,
     StepResponse,
 )
-from server.sessions import SessionService
-from server.wire import WireRoute, msgpack_response, wants_msgpack
+from server.wire import WireRoute, floats_in, floats_out, frames_in, frames_out, msgpack_response, wants_msgpack
 
 ERRORS = {
     s: {"model": ErrorBody, "description": d}
@@ -41,13 +38,6 @@ ERRORS = {
 }
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], route_class=WireRoute, responses=ERRORS)
-
-
-async def service(request: Request) -> SessionService:
-    return request.app.state.service
-
-
-Svc = Annotated[SessionService, Depends(service)]
 
 
 def _time(t: float) -> datetime:

@@ -15,12 +15,12 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from server.auth import check_key
-from server.codec import array_payload, png_b64
-from server.convert import floats_in
+from server.backends import FrameOut
+from server.deps import api_key, check_key
 from server.errors import ApiError, as_api_error, validation_api_error
 from server.schemas import StepRequest
-from server.sessions import FrameOut, SessionService
+from server.sessions import SessionService
+from server.wire import array_payload, floats_in, png_b64
 
 router = APIRouter()
 
@@ -48,9 +48,7 @@ async def stream(ws: WebSocket, session_id: str) -> None:
     svc: SessionService = ws.app.state.service
     await ws.accept()
     try:
-        auth = ws.headers.get("authorization", "")
-        key = auth[7:] if auth.lower().startswith("bearer ") else ws.headers.get("x-api-key")
-        key_id = check_key(ws.app.state.settings, key or ws.query_params.get("api_key"))
+        key_id = check_key(ws.app.state.settings, api_key(ws.headers) or ws.query_params.get("api_key"))
         await svc.get(key_id, session_id)
     except (ApiError, RedisError) as exc:
         err = as_api_error(exc)

@@ -1,5 +1,5 @@
-"""Triton Python-backend entry point of the stateful rollout model: ivideogpt.triton_rollout."""
+"""Triton Python-backend entry point of the stateful rollout model: ivideogpt_triton.model."""
 
-from ivideogpt.triton_rollout import TritonPythonModel
+from ivideogpt_triton.model import TritonPythonModel
 
 __all__ = ["TritonPythonModel"]

@@ -1,11 +1,10 @@
-"""Regenerate the client's gRPC code: ``python -m ivideogpt_client.proto_gen [OUT_ROOT] [--proto DIR]``.
+"""Regenerate the gRPC code: ``python -m ivideogpt_client.proto_gen [OUT_ROOT] [--proto DIR]``.
 
 Generated from the repository's one .proto file (``proto/``) with grpcio-tools (the client's
-``dev`` extra), and committed, so the client needs only grpcio and protobuf. One change to what
-protoc writes: the descriptors go into a private pool instead of protobuf's default one, because
-the gateway's own generated code (``server.proto_gen``) registers the same ``worldmodel.v1``
-names and one process (a test run, an app embedding both) may import both. A test checks that
-the committed files equal a fresh generation.
+``dev`` extra), as protoc writes it, and committed, so the client needs only grpcio and
+protobuf. This is the one generated package: the gateway's servicer imports it from here (the
+gateway's distribution ships this package, the SDK's stands alone). A test checks that the
+committed files equal a fresh generation.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ from pathlib import Path
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # clients/python
 DEFAULT_PROTO = Path(__file__).resolve().parents[4] / "proto"  # the repository's proto/
 PROTO = "worldmodel/v1/worldmodel.proto"
-DEFAULT_POOL = "_descriptor_pool.Default().AddSerializedFile("
-PRIVATE_POOL = "_descriptor_pool.DescriptorPool().AddSerializedFile("
 
 
 def generate(out_root: Path, proto_dir: Path = DEFAULT_PROTO) -> list[Path]:
@@ -34,11 +31,6 @@ def generate(out_root: Path, proto_dir: Path = DEFAULT_PROTO) -> list[Path]:
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed")
     gen = out_root / "ivideogpt_client" / "proto_gen" / "worldmodel" / "v1"
-    messages = gen / "worldmodel_pb2.py"
-    text = messages.read_text()
-    if text.count(DEFAULT_POOL) != 1:
-        raise RuntimeError(f"{messages}: expected one {DEFAULT_POOL!r} (a new protoc layout?)")
-    messages.write_text(text.replace(DEFAULT_POOL, PRIVATE_POOL))
     for pkg in (gen.parent, gen):
         (pkg / "__init__.py").touch()
     return sorted(gen.glob("worldmodel_pb2*"))

@@ -3,12 +3,12 @@
 The config is the single source of truth for every shape: it is saved beside the weights
 (checkpoint.py) and beside exported artifacts, and everything else derives from it.
 
-Run ``python -m ivideogpt.config --preset NAME`` to print a preset and its parameter counts.
+``python -m ivideogpt.config --preset NAME`` prints a preset and its parameter counts (``__main__.py``:
+the one part that needs the model's modules, so this module imports none of them).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -239,36 +239,5 @@ def preset(
     return cfg
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny", choices=list(PRESETS))
-    parser.add_argument("--context-length", type=int, default=None)
-    parser.add_argument("--action-dim", type=int, default=None)
-    parser.add_argument("--reward-head", action=argparse.BooleanOptionalAction, default=None)
-    args = parser.parse_args(argv)
-
-    import torch
-
-    from ivideogpt.tokenizer import CompressiveTokenizer
-    from ivideogpt.transformer import WorldModelTransformer
-
-    cfg = preset(
-        args.preset,
-        context_length=args.context_length,
-        action_dim=args.action_dim,
-        reward_head=args.reward_head,
-    )
-    print(cfg.to_json())
-    with torch.device("meta"):  # count parameters without allocating them
-        tokenizer = CompressiveTokenizer(cfg.tokenizer)
-        transformer = WorldModelTransformer(cfg.transformer)
-    print(f"tokenizer: {count_parameters(tokenizer) / 1e6:.1f}M")
-    print(f"transformer: {count_parameters(transformer) / 1e6:.1f}M")
-
-
 def count_parameters(module: Any) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-if __name__ == "__main__":
-    main()

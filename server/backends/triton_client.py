@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from ivideogpt.engine.errors import CapacityError, EngineError, InvalidInput, SessionNotFound
 from ivideogpt.engine.session import SessionHistory
-from ivideogpt.triton_protocol import ENDS_SEQUENCE, MODEL_NAME, STARTS_SEQUENCE, inputs
+from ivideogpt_triton.protocol import ENDS_SEQUENCE, MODEL_NAME, STARTS_SEQUENCE, inputs
 
 _WIRE_TYPES = {t.name: t.datatype for t in inputs(action_dim=1)}  # types do not depend on the model
 _FIELD = re.compile(r"^([A-Z][A-Z_]*[A-Z]|[a-z_][\w.\[\]]*): ")

@@ -25,7 +25,7 @@ class Tensor:
     name: str
     triton_type: str  # config.pbtxt data_type
     dims: tuple[int, ...]  # without the batch dimension (max_batch_size > 0)
-    doc: str
+    doc: str = ""
 
     @property
     def datatype(self) -> str:
@@ -56,60 +56,3 @@ OUTPUTS = (
     Tensor("HISTORY", "TYPE_STRING", (1,), "open, restore, step, history: the history since the step before"),
     Tensor("INFO", "TYPE_STRING", (1,), "info: model_info JSON; stats: the engine's counters"),
 )
-
-
-def config_pbtxt(
-    action_dim: int,
-    session_ttl_s: float,
-    max_batch_size: int = 8,
-    max_sequences: int = 64,
-    dtype: str = "float32",
-    cache_bytes: int = 1 << 30,
-) -> str:
-    """The model's config: a sequence batcher (oldest) whose idle timeout is the session TTL.
-
-    ``parameters`` are the engine's settings (``ivideogpt.triton_rollout.engine_config``).
-    """
-
-    def block(tensors: tuple[Tensor, ...], optional: bool) -> str:
-        rows = []
-        for t in tensors:
-            opt = " optional: true" if optional and t.name != "OPERATION" else ""
-            dims = ", ".join(str(d) for d in t.dims)
-            rows.append(f'  {{ name: "{t.name}" data_type: {t.triton_type} dims: [ {dims} ]{opt} }}')
-        return ",\n".join(rows)
-
-    def control(name: str, kind: str, data_type: str) -> str:
-        values = "" if kind == "CONTROL_SEQUENCE_CORRID" else " int32_false_true: [ 0, 1 ]"
-        return (
-            f'    {{ name: "{name}" control [ {{ kind: {kind}{values}'
-            + (f" data_type: {data_type}" if data_type else "")
-            + " } ] }"
-        )
-
-    return (
-        f'name: "{MODEL_NAME}"\n'
-        'backend: "python"\n'
-        f"max_batch_size: {max_batch_size}\n"
-        f"input [\n{block(inputs(action_dim), True)}\n]\n"
-        f"output [\n{block(OUTPUTS, False)}\n]\n"
-        "sequence_batching {\n"
-        f"  max_sequence_idle_microseconds: {int(session_ttl_s * 1e6)}\n"
-        f"  oldest {{ max_candidate_sequences: {max_sequences} preferred_batch_size: [ {max_batch_size} ] "
-        "max_queue_delay_microseconds: 0 }\n"
-        "  control_input [\n"
-        + ",\n".join(
-            [
-                control("START", "CONTROL_SEQUENCE_START", ""),
-                control("END", "CONTROL_SEQUENCE_END", ""),
-                control("CORRID", "CONTROL_SEQUENCE_CORRID", "TYPE_UINT64"),
-            ]
-        )
-        + "\n  ]\n}\n"
-        # no instance kind: Triton puts the instance on a GPU where there is one, else on the CPU
-        "instance_group [ { count: 1 } ]\n"
-        "parameters [\n"
-        f'  {{ key: "dtype" value: {{ string_value: "{dtype}" }} }},\n'
-        f'  {{ key: "cache_bytes" value: {{ string_value: "{cache_bytes}" }} }}\n'
-        "]\n"
-    )

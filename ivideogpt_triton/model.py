@@ -6,7 +6,7 @@ one engine session, whose KV cache, decoder features and random streams stay on 
 The requests of one ``execute`` call (one per sequence, the ``oldest`` batcher's guarantee)
 run in threads, so the engine batches their token steps as it does for the gateway's.
 
-The wire contract (tensor names, operations, error codes) is ``ivideogpt.triton_protocol``.
+The wire contract (tensor names, operations, error codes) is ``ivideogpt_triton.protocol``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import numpy as np
 
 from ivideogpt.engine import EngineConfig, RolloutEngine, SessionHistory
 from ivideogpt.engine.errors import CapacityError, InvalidInput, SessionNotFound
+from ivideogpt.engine.inputs import check_frames, check_sampling
 from ivideogpt.frames import from_uint8_hwc, to_uint8_hwc
-from ivideogpt.sampling import SamplingParams
-from ivideogpt.triton_protocol import ENDS_SEQUENCE, OPERATIONS, STARTS_SEQUENCE
+from ivideogpt_triton.protocol import ENDS_SEQUENCE, OPERATIONS, STARTS_SEQUENCE
 
 Arrays = dict[str, np.ndarray]
 
@@ -96,19 +96,14 @@ class RolloutSessions:
             return self.engine.restore(history)
         if "CONTEXT_FRAMES" not in inputs:
             raise InvalidInput("CONTEXT_FRAMES", "missing: open needs the context frames [c, H, W, 3]")
-        frames = inputs["CONTEXT_FRAMES"]
-        if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise InvalidInput("CONTEXT_FRAMES", f"shape {list(frames.shape)}, expected [c, H, W, 3]")
+        frames = check_frames(inputs["CONTEXT_FRAMES"], self.engine.limits, "CONTEXT_FRAMES")
         settings = {}
         if "SAMPLING_PARAMETERS" in inputs:
             settings = _json(inputs["SAMPLING_PARAMETERS"], "SAMPLING_PARAMETERS")
-        known = set(SamplingParams.__dataclass_fields__)
-        if set(settings) - known:
-            raise InvalidInput("SAMPLING_PARAMETERS", f"unknown keys {sorted(set(settings) - known)}")
         try:
-            sampling = SamplingParams(**settings)
-        except TypeError as exc:
-            raise InvalidInput("SAMPLING_PARAMETERS", str(exc)) from None
+            sampling = check_sampling(settings)
+        except (InvalidInput, TypeError) as exc:
+            raise InvalidInput("SAMPLING_PARAMETERS", str(exc).removeprefix("sampling: ")) from None
         return self.engine.open(from_uint8_hwc(frames), sampling)
 
     def _step(self, sid: str, inputs: Arrays) -> Arrays:

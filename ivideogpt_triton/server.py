@@ -1,6 +1,6 @@
 """Run a real Triton server on a CPU machine: the ``tritonserver`` 2.51 bundled in nvidia-pytriton.
 
-    python -m ivideogpt.triton_server --model-repository model_repository [--grpc-port 8001]
+    python -m ivideogpt_triton.server --model-repository model_repository [--grpc-port 8001]
 
 That build carries only the Python backend, which is what serves ``ivideogpt_rollout`` (the
 TorchScript folders need the full Triton image on a GPU host, see docs/TRITON.md). Two traps
