@@ -136,7 +136,9 @@ def small_config(action_dim: int = 3, reward_head: bool = True, context_length: 
     cfg.tokenizer = dataclasses.replace(
         cfg.tokenizer, resolution=32, block_out_channels=(8, 16, 32), norm_num_groups=8, patch_size=2
     )
-    cfg.transformer = dataclasses.replace(cfg.transformer, n_layers=2, hidden_size=64, n_heads=4, intermediate_size=96)
+    cfg.transformer = dataclasses.replace(
+        cfg.transformer, n_layers=2, hidden_size=64, n_heads=4, intermediate_size=96, max_positions=512
+    )
     cfg.validate()
     return cfg
 

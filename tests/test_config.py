@@ -22,7 +22,7 @@ def millions(cfg: ModelConfig) -> tuple[float, float]:
         ("oxe-64", {"context_length": 1}, (113.8, 138.4)),
         ("oxe-64-medium", {}, (114.2, 436.3)),
         ("oxe-256", {}, (310.5, 138.4)),
-        ("tiny", {}, (5.8, 2.1)),
+        ("tiny", {}, (3.2, 4.3)),
     ],
 )
 def test_parameter_counts(name: str, kwargs: dict, expected: tuple[float, float]) -> None:

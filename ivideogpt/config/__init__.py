@@ -169,14 +169,15 @@ def _oxe_transformer(**overrides: Any) -> TransformerConfig:
 
 
 def _tiny() -> ModelConfig:
-    # CPU default (see docs/ARCHITECTURE.md, "The tiny preset"): 8x8 context grid (64 tokens
-    # per context frame), 4x4 future grid via 2x2 patches (16 tokens, as published), 16-channel
-    # full-resolution layers, 1024-code codebooks, a 3-layer 192-wide Llama.
+    # CPU default (see docs/ARCHITECTURE.md, "The tiny preset"): 16x16 context grid (256 tokens
+    # per context frame, as the published 64x64 models), 4x4 future grid via 4x4 patches (16
+    # tokens, as published), 16-channel full-resolution layers, 1024-code codebooks, a 4-layer
+    # 256-wide Llama with room for 30 future frames per anchor.
     return ModelConfig(
         name="tiny",
         tokenizer=TokenizerConfig(
             resolution=64,
-            block_out_channels=(16, 16, 64, 128),
+            block_out_channels=(16, 32, 96),
             layers_per_block=1,
             latent_channels=32,
             norm_num_groups=8,
@@ -185,17 +186,17 @@ def _tiny() -> ModelConfig:
             codebook_dim=32,
             context_length=2,
             max_att_resolution=16,
-            patch_size=2,
+            patch_size=4,
             cross_attn_heads=4,
             cross_attn_dropout=0.0,
         ),
         transformer=TransformerConfig(
-            n_layers=3,
-            hidden_size=192,
-            n_heads=3,
-            intermediate_size=512,
+            n_layers=4,
+            hidden_size=256,
+            n_heads=4,
+            intermediate_size=704,
             vocab_size=1024 + 1024 + 2,
-            max_positions=512,
+            max_positions=1024,
             action_dim=4,
             reward_head=True,
         ),
