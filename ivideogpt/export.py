@@ -69,8 +69,11 @@ def export_modules(model: WorldModel, out: str | Path) -> ModuleSpecs:
 
     with torch.no_grad():
         frames = torch.rand(1, c, tok.in_channels, r, r)
-        ids = runner.encode_context(frames)
+        ids, encoder_features = runner.encode_context(frames)
         recon, features = runner.decode_context(ids)
+        # two frames per context: the cross-attention's per-context repeat is traced (one frame needs none)
+        observed = torch.rand(1, 2, tok.in_channels, r, r)
+        observed_ids = runner.encode_future(observed, encoder_features)
         future = torch.zeros(1, 1, lay.future_tokens, dtype=torch.long)
         frame = runner.decode_future(future, features)
         tokens = torch.tensor([lay.sdf_id, lay.future_offset])
@@ -87,6 +90,7 @@ def export_modules(model: WorldModel, out: str | Path) -> ModuleSpecs:
         logits, rewards = runner.heads(hidden)
 
     feature_specs = [_spec(f"FEATURE_{i}", f) for i, f in enumerate(features)]
+    encoder_specs = [_spec(f"ENCODER_FEATURE_{i}", f) for i, f in enumerate(encoder_features)]
     cache = pool.cache
     decode_inputs = (
         meta.positions,
@@ -122,8 +126,13 @@ def export_modules(model: WorldModel, out: str | Path) -> ModuleSpecs:
         "FORKS": (0,),
     }
     modules: dict[str, tuple[list[TensorSpec], list[TensorSpec], tuple]] = {
-        "context_encode": ([_spec("FRAMES", frames)], [_spec("IDS", ids)], (frames,)),
+        "context_encode": ([_spec("FRAMES", frames)], [_spec("IDS", ids), *encoder_specs], (frames,)),
         "context_decode": ([_spec("IDS", ids)], [_spec("FRAMES", recon), *feature_specs], (ids,)),
+        "future_encode": (
+            [_spec("FRAMES", observed, (0, 1)), *encoder_specs],
+            [_spec("IDS", observed_ids, (0, 1))],
+            (observed, *encoder_features),
+        ),
         "future_decode": (
             [_spec("IDS", future), *feature_specs],
             [_spec("FRAMES", frame)],

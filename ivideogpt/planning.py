@@ -24,7 +24,7 @@ class PlanSpec:
     horizon: int = 5
     population: int = 32
     iterations: int = 2
-    elites: int = 5  # CEM: sequences the distribution is refitted to
+    elites: int | None = None  # CEM: sequences the distribution is refitted to (None: min(5, population))
     seed: int = 0
     init_std: float = 0.7
     init_mean: list[list[float]] | None = None  # [horizon, A] warm start (e.g. the last plan shifted)
@@ -49,6 +49,16 @@ class PlanResult:
     score: float  # discounted sum of ``predicted_rewards``
     imagined_frames: int
     iterations: list[PlanIteration] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON: what the gateway answers and the Triton model returns."""
+        return {
+            "actions": self.actions.tolist(),
+            "predicted_rewards": self.predicted_rewards.tolist(),
+            "score": self.score,
+            "imagined_frames": self.imagined_frames,
+            "iterations": [{"best": i.best, "mean": i.mean} for i in self.iterations],
+        }
 
 
 def discounted_scores(rewards: torch.Tensor, discount: float) -> torch.Tensor:
@@ -89,7 +99,7 @@ def plan(
         scores = discounted_scores(rewards, spec.discount)
         history.append(PlanIteration(float(scores.max()), float(scores.mean())))
         if spec.method == "cem":
-            elite = samples[scores.topk(spec.elites).indices]
+            elite = samples[scores.topk(spec.elites or min(5, spec.population)).indices]
             mean, std = elite.mean(0), elite.std(0, unbiased=False).clamp_min(spec.min_std)
         else:  # mppi: a score-weighted mean, the spread kept
             weights = torch.softmax((scores - scores.max()) / spec.temperature, 0)

@@ -15,6 +15,7 @@ from ivideogpt.engine import EngineConfig, RolloutEngine
 from ivideogpt.engine.kv_cache import ForkGroup, SessionRow
 from ivideogpt.engine.runner import CONFIG_FILE, MODULES, ModelRunner, module_folder
 from ivideogpt.model import WorldModel
+from ivideogpt.planning import PlanSpec
 from ivideogpt.sampling import SamplingParams
 from ivideogpt_triton.config import parse
 from ivideogpt_triton.protocol import MODEL_NAME as ROLLOUT_MODEL
@@ -43,10 +44,16 @@ def test_every_module_matches_its_eager_twin(model: WorldModel, repository: Path
     lay, trm = model.layout, model.cfg.transformer
     with torch.no_grad():
         frames = torch.rand(3, 2, 3, R, R)  # another batch size than the export's example
-        ids = eager.encode_context(frames)
-        assert torch.equal(scripted.encode_context(frames), ids)
+        ids, encoder_features = eager.encode_context(frames)
+        scripted_ids, scripted_features = scripted.encode_context(frames)
+        assert torch.equal(scripted_ids, ids)
+        assert all((x - y).abs().max() <= 1e-5 for x, y in zip(encoder_features, scripted_features, strict=True))
         (a, fa), (b, fb) = eager.decode_context(ids), scripted.decode_context(ids)
         assert (a - b).abs().max() <= 1e-5 and all((x - y).abs().max() <= 1e-5 for x, y in zip(fa, fb, strict=True))
+        observed = torch.rand(3, 2, 3, R, R)  # two frames per context, another count than the export's
+        future_ids = eager.encode_future(observed, encoder_features)
+        assert future_ids.shape == (3, 2, lay.future_tokens)
+        assert torch.equal(scripted.encode_future(observed, encoder_features), future_ids)
         future = torch.randint(0, lay.future_codebook_size, (3, 1, lay.future_tokens))
         assert (eager.decode_future(future, fa) - scripted.decode_future(future, fa)).abs().max() <= 1e-5
 
@@ -83,12 +90,17 @@ def test_engine_on_the_exported_repository_equals_the_eager_engine(model: WorldM
         imagined = engine.imagine(
             sid, torch.randn(8, 2, 3, generator=torch.Generator().manual_seed(3)), return_frames=True
         )
-        outputs.append(([s.tokens for s in engine.history(sid).steps], step, imagined))
+        seen = torch.rand(2, 3, R, R, generator=torch.Generator().manual_seed(5))
+        observed = engine.observe(sid, seen, torch.zeros(2, 3))
+        planned = engine.plan(sid, PlanSpec(horizon=2, population=4, iterations=1, elites=2))
+        outputs.append(([s.tokens for s in engine.history(sid).steps], step, imagined, observed, planned))
         engine.shutdown()
-    (tok_a, step_a, im_a), (tok_b, step_b, im_b) = outputs
+    (tok_a, step_a, im_a, obs_a, plan_a), (tok_b, step_b, im_b, obs_b, plan_b) = outputs
     assert tok_a == tok_b
     assert torch.equal(step_a.frames, step_b.frames) and torch.allclose(step_a.rewards, step_b.rewards, atol=1e-6)
     assert torch.allclose(im_a.rewards, im_b.rewards, atol=1e-6) and torch.equal(im_a.frames, im_b.frames)
+    assert torch.allclose(obs_a.rewards, obs_b.rewards, atol=1e-6)
+    assert torch.allclose(plan_a.actions, plan_b.actions, atol=1e-5)
 
 
 def test_export_is_reproducible_and_complete(model: WorldModel, tmp_path: Path) -> None:
@@ -124,11 +136,12 @@ def test_committed_repository_is_the_default_model_exported(tmp_path: Path) -> N
 def test_config_pbtxt_matches_the_modules(model: WorldModel, repository: Path) -> None:
     """No libtorch backend here: parse each config and check it against what the module produces."""
     runner = ModelRunner.from_repository(repository)
-    ids = runner.encode_context(torch.rand(1, 2, 3, R, R))
+    ids, encoder_features = runner.encode_context(torch.rand(1, 2, 3, R, R))
     frames, features = runner.decode_context(ids)
     produced = {
-        "context_encode": [ids],
+        "context_encode": [ids, *encoder_features],
         "context_decode": [frames, *features],
+        "future_encode": [runner.encode_future(torch.rand(1, 1, 3, R, R), encoder_features)],
         "future_decode": [runner.decode_future(torch.zeros(1, 1, 16, dtype=torch.long), features)],
     }
     types = {"TYPE_FP32": torch.float32, "TYPE_INT64": torch.int64, "TYPE_BOOL": torch.bool}

@@ -7,9 +7,10 @@ import torch
 
 from conftest import small_config
 from ivideogpt.engine.batch import StepOutput
+from ivideogpt.engine.history import SessionHistory
 from ivideogpt.engine.kv_cache import BlockTable, ForkGroup
 from ivideogpt.engine.scheduler import Finished, FrameDone, Request, Scheduler
-from ivideogpt.engine.session import Session, SessionHistory, step_generator
+from ivideogpt.engine.session import Session, step_generator
 from ivideogpt.sampling import SamplingParams
 from ivideogpt.tokens import TokenLayout
 

@@ -3,7 +3,7 @@
 from ivideogpt.engine.config import EngineConfig
 from ivideogpt.engine.engine import RolloutEngine
 from ivideogpt.engine.errors import CapacityError, EngineError, EngineStopped, InvalidInput, SessionNotFound
-from ivideogpt.engine.session import SessionHistory, StepRecord
+from ivideogpt.engine.history import SessionHistory, StepRecord
 
 __all__ = [
     "CapacityError",

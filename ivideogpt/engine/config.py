@@ -19,6 +19,7 @@ class EngineConfig:
     session_ttl_s: float = 600.0  # idle sessions are evicted after this
     max_horizon: int = 64  # actions per step/imagine request
     max_imagine: int = 256  # sequences per imagine request
+    max_plan_frames: int = 16384  # population x horizon x iterations of a plan
     max_batch_rows: int = 512  # rows in one token step
     # intra-op threads of each of the engine's two threads (token steps, pixel decoding);
     # 0 = by model size (``intra_op_threads``)

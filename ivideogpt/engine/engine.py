@@ -1,4 +1,4 @@
-"""RolloutEngine: the public, thread-safe API of a worker (open, step, imagine, close, restore).
+"""RolloutEngine: the public, thread-safe API of a worker (open, step, observe, imagine, plan, close, restore).
 
 Request threads check their inputs (``inputs.py``) and lock their session, then hand the work
 to the engine loop (``loop.py``), whose token thread alone runs the model, and read what comes
@@ -12,7 +12,6 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,36 +25,21 @@ from ivideogpt.engine.inputs import (
     check_actions,
     check_context,
     check_history,
+    check_observation,
+    check_plan,
     check_sampling,
     check_sequences,
 )
 from ivideogpt.engine.kv_cache import BlockTable, ForkGroup
-from ivideogpt.engine.loop import End, EngineLoop, FrameOutput
+from ivideogpt.engine.loop import EngineLoop, FrameOutput
+from ivideogpt.engine.results import FrameResult, ImagineResult, ObserveResult, StepResult
 from ivideogpt.engine.runner import ModelRunner
 from ivideogpt.engine.scheduler import Request, Scheduler
-from ivideogpt.engine.session import Session, SessionHistory, SessionTable, StepRecord
+from ivideogpt.engine.session import Session, SessionHistory, SessionTable
+from ivideogpt.frames import frame_bytes
 from ivideogpt.model import WorldModel
+from ivideogpt.planning import PlanResult, PlanSpec, plan
 from ivideogpt.sampling import SamplingParams
-
-
-@dataclass
-class FrameResult:
-    step_index: int  # index of this frame in the session (0 = first predicted frame)
-    frame: torch.Tensor | None  # [3, H, W] float in [0, 1]
-    reward: float | None
-
-
-@dataclass
-class StepResult:
-    frames: torch.Tensor | None  # [h, 3, H, W] float in [0, 1]
-    rewards: torch.Tensor | None  # [h]
-    step_index: int  # the session's step index after this request
-
-
-@dataclass
-class ImagineResult:
-    rewards: torch.Tensor | None  # [K, h]
-    frames: torch.Tensor | None  # [K, h, 3, H, W] when asked for
 
 
 class RolloutEngine:
@@ -77,7 +61,9 @@ class RolloutEngine:
         self.runner, self.cfg, self.layout, self.clock = model, model.cfg, model.layout, clock
         trm = self.cfg.transformer
         self.pool = self.runner.allocate_cache(self.config.cache_bytes, self.config.block_size)
-        self.limits = InputLimits.of(self.cfg, self.config.max_horizon, self.config.max_imagine)
+        self.limits = InputLimits.of(
+            self.cfg, self.config.max_horizon, self.config.max_imagine, max_plan_frames=self.config.max_plan_frames
+        )
         self.scheduler = Scheduler(
             self.layout, trm.max_positions, trm.action_dim, trm.reward_head, self.config.max_batch_rows
         )
@@ -138,14 +124,16 @@ class RolloutEngine:
         self, context_frames: torch.Tensor | np.ndarray, sampling: SamplingParams | None = None, stream: int = 0
     ) -> str:
         """Encode the context, prefill its cache slot; returns the new session's id."""
-        frames = check_context(context_frames, self.limits)[None].to(self.device, self.dtype)
+        pixels = check_context(context_frames, self.limits)
+        frames = pixels[None].to(self.device, self.dtype)
         sampling = check_sampling(sampling)
         sid = uuid.uuid4().hex
 
         def build(table: BlockTable) -> Session:
-            ids = self.runner.encode_context(frames)
+            ids, features = self.runner.encode_context(frames)
             history = SessionHistory(ids[0].tolist(), dataclasses.asdict(sampling), stream)
-            return Session.start(sid, self.runner, table, ids, sampling, history, self.clock())
+            history.context_frames = frame_bytes(pixels)
+            return Session.start(sid, self.runner, table, ids, features, sampling, history, self.clock())
 
         self.loop.run_exclusive(lambda: self.sessions.add(sid, build))
         return sid
@@ -156,14 +144,8 @@ class RolloutEngine:
         ids = check_history(history, self.cfg)[None].to(self.device)
         sampling = check_sampling(history.sampling)
 
-        def build(table: BlockTable) -> Session:
-            fresh = SessionHistory(history.context_ids, history.sampling, history.stream)
-            session = Session.start(sid, self.runner, table, ids, sampling, fresh, self.clock())
-            session.replay(self.runner, history)
-            return session
-
         def task() -> None:
-            self.sessions.add(sid, build)
+            self.sessions.add(sid, lambda t: Session.rebuild(sid, self.runner, t, ids, sampling, history, self.clock()))
             self.restores += 1
 
         self.loop.run_exclusive(task)
@@ -173,9 +155,8 @@ class RolloutEngine:
         """One predicted frame (and reward) per action row."""
         results = list(self.step_stream(session_id, actions, return_frames))
         frames = torch.stack([r.frame for r in results]) if return_frames else None  # type: ignore[misc]
-        rewards = None
-        if self.cfg.transformer.reward_head:
-            rewards = torch.tensor([r.reward for r in results], dtype=torch.float32)
+        with_rewards = self.cfg.transformer.reward_head
+        rewards = torch.tensor([r.reward for r in results], dtype=torch.float32) if with_rewards else None
         return StepResult(frames=frames, rewards=rewards, step_index=results[-1].step_index + 1)
 
     def step_stream(
@@ -194,59 +175,82 @@ class RolloutEngine:
                 frame = None if out.frames is None else out.frames[0]
                 yield FrameResult(out.step_index, frame, None if out.rewards is None else float(out.rewards[0]))
 
+    def observe(
+        self, session_id: str, frames: torch.Tensor | np.ndarray, actions: torch.Tensor | np.ndarray
+    ) -> ObserveResult:
+        """Append real frames [n, 3, H, W] (uint8, or float in [0, 1]) and the n actions that led to them: each
+        encoded against the session's anchor (as training encodes a clip's future frames) and fed in place of
+        sampled tokens (teacher forcing), recorded as ``observed``; the reward head's predictions come back."""
+        session = self.sessions.get(session_id)
+        pixels, acts = check_observation(frames, actions, self.limits)
+        with session.lock:
+            self._check_open(session)
+            if session.encoder_features is None:
+                raise InvalidInput("frames", "this session was rebuilt from a history without its context frames")
+            request = Request.observation(session, torch.from_numpy(acts), pixels, self.layout.future_tokens)
+            outputs = list(self._outputs(request))
+        rewards = torch.stack([o.rewards[0] for o in outputs]) if self.cfg.transformer.reward_head else None
+        return ObserveResult(rewards=rewards, step_index=outputs[-1].step_index + 1)
+
     def imagine(
         self, session_id: str, action_sequences: torch.Tensor | np.ndarray, return_frames: bool = False
     ) -> ImagineResult:
         """K rollouts from the session's current state; the session's frames are unchanged.
 
-        The forks share the session's cached prefix (read in place, stored once); each owns
-        only its suffix. Fork k samples from random stream k. If the rollouts would pass the
-        position limit, the session is re-anchored first (recorded in its history, so a
-        restore reproduces it); its next step is then the one it would have taken after
-        that re-anchor.
+        The forks read the session's cache in place as their shared prefix; each owns its suffix; fork k
+        samples from random stream k. Rollouts that would pass the position limit re-anchor the session
+        first (recorded in its history: a restore repeats it, and the next step is the one after it).
         """
         session = self.sessions.get(session_id)
         seqs = torch.from_numpy(check_sequences(action_sequences, self.limits))
-        k, h = seqs.shape[:2]
-        max_positions, stride = self.cfg.transformer.max_positions, h * self.layout.frame_stride
-        if self.layout.prelude_length + stride > max_positions:
-            raise InvalidInput("action_sequences", f"horizon {h} does not fit the model's {max_positions} positions")
+        self._check_fits(seqs.shape[1], "action_sequences")
         with session.lock:
             self._check_open(session)
+            return self._imagine(session, seqs, return_frames)
 
-            def prepare() -> Request:
-                self.sessions.evict_idle()
-                if session.needs_reanchor(stride, max_positions):
-                    session.reanchor(self.runner)
-                suffix = self.pool.allocate(k * stride)
-                fork = ForkGroup(slice(0, k), session.table.start, session.length, suffix.start, stride, 0)
-                return Request(session, k, h, seqs, session.sampling, fork, suffix, return_frames=return_frames)
+    def plan(self, session_id: str, spec: PlanSpec | dict) -> PlanResult:
+        """CEM or MPPI (``ivideogpt.planning``) from the session's state, each iteration one batched imagine of
+        rewards (no pixels); seeded by ``spec.seed`` and the session's sampling; the session is unchanged (a
+        re-anchor first, as ``imagine``'s)."""
+        trm = self.cfg.transformer
+        spec = check_plan(spec, self.limits, (trm.action_low, trm.action_high))
+        if not trm.reward_head:
+            raise InvalidInput("method", "the model has no reward head: there is nothing to plan on")
+        self._check_fits(spec.horizon, "horizon")
+        session = self.sessions.get(session_id)
+        low, high = torch.tensor(spec.action_low), torch.tensor(spec.action_high)
+        with session.lock:
+            self._check_open(session)
+            return plan(spec, low, high, lambda seqs: self._imagine(session, seqs, False).rewards)
 
-            outputs = list(self._outputs(self.loop.run_exclusive(prepare)))
+    def _check_fits(self, horizon: int, field: str) -> None:
+        max_positions = self.cfg.transformer.max_positions
+        if self.layout.prelude_length + horizon * self.layout.frame_stride > max_positions:
+            raise InvalidInput(field, f"horizon {horizon} does not fit the model's {max_positions} positions")
+
+    def _imagine(self, session: Session, seqs: torch.Tensor, return_frames: bool) -> ImagineResult:
+        """One batched imagine of ``seqs`` [K, h, A] from ``session`` (whose lock the caller holds)."""
+        k, h = seqs.shape[:2]
+        max_positions, stride = self.cfg.transformer.max_positions, h * self.layout.frame_stride
+
+        def prepare() -> Request:
+            self.sessions.evict_idle()
+            if session.needs_reanchor(stride, max_positions):
+                session.reanchor(self.runner)
+            suffix = self.pool.allocate(k * stride)
+            fork = ForkGroup(slice(0, k), session.table.start, session.length, suffix.start, stride, 0)
+            return Request(session, k, h, seqs, session.sampling, fork, suffix, return_frames=return_frames)
+
+        outputs = list(self._outputs(self.loop.run_exclusive(prepare)))
         rewards = torch.stack([o.rewards for o in outputs], dim=1) if self.cfg.transformer.reward_head else None
         frames = torch.stack([o.frames for o in outputs], dim=1) if return_frames else None
         return ImagineResult(rewards=rewards, frames=frames)
 
     def _outputs(self, request: Request) -> Iterator[FrameOutput]:
-        """Submit ``request`` and yield its frames as they come; the first error is raised once the request
-        has ended (a consumer that stops early still owns the session until then)."""
-        self.loop.submit(request)
-        error: BaseException | None = None
-        ended = False
+        """``request``'s frames as they come (``EngineLoop.outputs``); its session was used until it ended."""
         try:
-            while not isinstance(item := request.out.get(), End):
-                if isinstance(item, BaseException):
-                    error = error or item
-                    if request.fork is None:  # a step's caller learns at once
-                        raise item
-                elif error is None:
-                    yield item
-            ended = True
-            if item.error or error:
-                raise item.error or error  # type: ignore[misc]
+            yield from self.loop.outputs(request)
         finally:
-            while not ended:
-                ended = isinstance(request.out.get(), End)
             request.session.last_used = self.clock()
 
     def close(self, session_id: str) -> None:
@@ -266,10 +270,7 @@ class RolloutEngine:
         """A copy of the session's history; with ``since_step`` only the steps from there on."""
         session = self.sessions.get(session_id)
         with session.lock:
-            h = session.history
-            steps = [StepRecord(r.action, list(r.tokens), r.reward) for r in h.steps[since_step:]]
-            context = [list(c) for c in h.context_ids]
-            return SessionHistory(context, dict(h.sampling), h.stream, steps, list(h.reanchors))
+            return session.history.copy(since_step)
 
     def recorded_frames(self, session_id: str, start: int, stop: int | None = None) -> torch.Tensor:
         """Re-decode the frames of already recorded steps [start, stop) (for retried requests).

@@ -3,9 +3,10 @@
 The token thread alone runs the transformer and touches the KV cache pool. Each iteration it
 runs the work that must not interleave with token steps (opens, restores, closes, imagine
 set-ups: ``run_exclusive``), then one token step: ``Scheduler.schedule`` -> re-anchor the
-sessions that need it (``Session.reanchor``) -> ``ModelRunner.execute`` ->
-``Scheduler.update``, and applies what finished: a step's frame is recorded in its session's
-history, an imagine's rewards collected. The pixels of each predicted frame are decoded on the
+sessions that need it (``Session.reanchor``) and encode the observed frames about to start
+(``Session.encode_observed``) -> ``ModelRunner.execute`` -> ``Scheduler.update``, and applies
+what finished: a step's or an observe's frame is recorded in its session's history, an
+imagine's rewards collected. The pixels of each predicted frame are decoded on the
 second thread, in order, while the token thread already generates the next frame's tokens: on
 two cores a frame then costs the larger of the two, not their sum. What a request's caller
 receives goes into the request's queue (``FrameOutput`` items, then one ``End``).
@@ -24,8 +25,10 @@ import torch
 
 from ivideogpt.engine.config import use_intra_op_threads
 from ivideogpt.engine.errors import EngineStopped
+from ivideogpt.engine.history import StepRecord
 from ivideogpt.engine.runner import ModelRunner
 from ivideogpt.engine.scheduler import Finished, FrameDone, Request, Scheduler
+from ivideogpt.frames import frame_bytes
 
 
 @dataclass
@@ -67,8 +70,29 @@ class EngineLoop:
         return fut.result()
 
     def submit(self, request: Request) -> None:
-        """Queue a request; its caller reads ``request.out``."""
+        """Queue a request; its caller reads ``request.out`` (``outputs``)."""
         self._put(request)
+
+    def outputs(self, request: Request) -> Iterator[FrameOutput]:
+        """Submit ``request`` and yield its frames as they come; the first error is raised once the request
+        has ended (a consumer that stops early still owns the session until then)."""
+        self.submit(request)
+        error: BaseException | None = None
+        ended = False
+        try:
+            while not isinstance(item := request.out.get(), End):
+                if isinstance(item, BaseException):
+                    error = error or item
+                    if request.fork is None:  # a step's caller learns at once
+                        raise item
+                elif error is None:
+                    yield item
+            ended = True
+            if item.error or error:
+                raise item.error or error  # type: ignore[misc]
+        finally:
+            while not ended:
+                ended = isinstance(request.out.get(), End)
 
     def shutdown(self) -> None:
         self._stop = True
@@ -130,6 +154,14 @@ class EngineLoop:
             except BaseException as exc:
                 self.scheduler.remove(req)
                 self._finish(Finished(req, exc))
+        for req in scheduled.encode:
+            try:
+                assert req.observed is not None and req.given is not None
+                req.given[0, req.frame] = req.session.encode_observed(self.runner, req.observed[req.frame])
+                req.encoded += 1
+            except BaseException as exc:
+                self.scheduler.remove(req)
+                self._finish(Finished(req, exc))
         if scheduled.batch is None:
             return
         output = self.runner.execute(scheduled.batch)
@@ -146,10 +178,13 @@ class EngineLoop:
 
     def _frame_done(self, done: FrameDone) -> None:
         req, session = done.request, done.request.session
-        if req.fork is None:  # a step: the session's cache and history now hold the frame
+        if req.fork is None:  # a step or an observe: the session's cache and history now hold the frame
             reward = None if done.rewards is None else float(done.rewards[0])
-            action = req.actions[0, done.frame].tolist()
-            index = session.add_frame(action, done.tokens[0].tolist(), reward, self.runner.layout.frame_stride)
+            record = StepRecord(req.actions[0, done.frame].tolist(), done.tokens[0].tolist(), reward)
+            if req.observed is not None:
+                record.kind, record.frame = "observed", frame_bytes(req.observed[done.frame])
+            layout = self.runner.layout
+            index = session.add_frame(record, layout.frame_stride, layout.context_length)
         else:
             index = session.step_index + done.frame
         if not req.return_frames:

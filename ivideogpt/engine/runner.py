@@ -1,4 +1,4 @@
-"""ModelRunner: the seven entry points the engine calls, eager or exported TorchScript, and the token step.
+"""ModelRunner: the eight entry points the engine calls, eager or exported TorchScript, and the token step.
 
 One artifact format, two runtimes: ``from_model`` wraps a ``WorldModel``'s modules as they
 are; ``training.export`` writes the same modules as TorchScript into a model repository (one
@@ -20,7 +20,7 @@ from torch import nn
 from ivideogpt.config import ModelConfig
 from ivideogpt.engine.batch import StepBatch, StepOutput
 from ivideogpt.engine.kv_cache import BlockTable, KVCachePool
-from ivideogpt.engine.tokenizer_steps import ContextDecode, ContextEncode, FutureDecode
+from ivideogpt.engine.tokenizer_steps import ContextDecode, ContextEncode, FutureDecode, FutureEncode
 from ivideogpt.engine.transformer_steps import (
     TransformerDecode,
     TransformerEmbed,
@@ -36,6 +36,7 @@ CONFIG_FILE = "ivideogpt_config.json"
 MODULES = (
     "context_encode",
     "context_decode",
+    "future_encode",
     "future_decode",
     "transformer_embed",
     "transformer_prefill",
@@ -77,6 +78,7 @@ class ModelRunner:
         modules: dict[str, nn.Module] = {
             "context_encode": ContextEncode(tok),
             "context_decode": ContextDecode(tok),
+            "future_encode": FutureEncode(tok),
             "future_decode": FutureDecode(tok),
             "transformer_embed": TransformerEmbed(trm),
             "transformer_prefill": TransformerPrefill(trm),
@@ -103,17 +105,23 @@ class ModelRunner:
         return cls(cfg, modules, torch.device(device), dtype)
 
     def parameter_count(self) -> int:
-        """Parameters of the seven modules, each shared tensor counted once."""
+        """Parameters of the eight modules, each shared tensor counted once."""
         unique = {p.data_ptr(): p.numel() for m in self.modules.values() for p in m.parameters()}
         return sum(unique.values())
 
     # tokenizer
-    def encode_context(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.modules["context_encode"](frames)
+    def encode_context(self, frames: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Frames [B, c, 3, H, W] -> context ids [B, c, G] and the encoder features an observed frame needs."""
+        ids, *features = self.modules["context_encode"](frames)
+        return ids, list(features)
 
     def decode_context(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         frames, *features = self.modules["context_decode"](ids)
         return frames.clamp(0, 1), list(features)
+
+    def encode_future(self, frames: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        """Observed frames [B, n, 3, H, W] and their contexts' encoder features -> future ids [B, n, F] in [0, Vf)."""
+        return self.modules["future_encode"](frames, *features)
 
     def decode_future(self, ids: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
         return self.modules["future_decode"](ids, *features)

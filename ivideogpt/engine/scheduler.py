@@ -32,7 +32,9 @@ class Request:
 
     An imagine's forks read the session's cache as their shared prefix and write their own
     suffixes (``fork``); fork k draws from random stream k. ``given`` [K, h, F] feeds those
-    tokens instead of sampled ones (teacher forcing).
+    tokens instead of sampled ones (teacher forcing). An observe's ``observed`` frames [h, 3, H, W]
+    fill ``given`` frame by frame, each encoded when its frame is about to start (after any
+    re-anchor before it, against the anchor it then joins).
     """
 
     session: Session
@@ -43,15 +45,24 @@ class Request:
     fork: ForkGroup | None = None
     suffix: BlockTable | None = None  # the forks' suffix buffers, freed when the request ends
     given: torch.Tensor | None = None
+    observed: torch.Tensor | None = None
     return_frames: bool = True
     out: queue.Queue = field(default_factory=queue.Queue)  # what the caller receives (engine loop's FrameOutput, End)
     # progress, the scheduler's
     frame: int = 0
+    encoded: int = 0  # observed frames encoded into ``given`` so far
     phase: int = 0  # 0: feeds the frame's sdf (+ action); p >= 1: feeds its token p - 1
     started: bool = False  # the current frame's generators and token buffer are set
     tokens: torch.Tensor | None = None  # [K, F] of the current frame
     next_ids: torch.Tensor | None = None  # [K] the token each row feeds at the next step
     generators: list[torch.Generator] = field(default_factory=list)
+
+    @classmethod
+    def observation(cls, session: Session, actions: torch.Tensor, frames: torch.Tensor, future_tokens: int) -> Request:
+        """An observe: real ``frames`` [n, 3, H, W] fed frame by frame with their ``actions`` [n, A], no pixels out."""
+        n = frames.shape[0]
+        given = torch.zeros(1, n, future_tokens, dtype=torch.long)
+        return cls(session, 1, n, actions[None], session.sampling, given=given, observed=frames, return_frames=False)
 
     @property
     def streams(self) -> list[tuple[int, int]]:
@@ -81,11 +92,13 @@ class Finished:
 @dataclass
 class Scheduled:
     """``schedule``'s answer: the token step to run over ``requests`` (in row order), the requests whose
-    session must re-anchor first (they sit this step out), and those that ended before running."""
+    session must re-anchor first and those whose next observed frame must be encoded first (both sit this
+    step out), and those that ended before running."""
 
     batch: StepBatch | None
     requests: list[Request]
     reanchor: list[Request]
+    encode: list[Request]
     finished: list[Finished]
 
 
@@ -108,7 +121,7 @@ class Scheduler:
     def schedule(self) -> Scheduled:
         while self.waiting and self.active_rows < self.max_rows:
             self.running.append(self.waiting.pop(0))
-        reanchor, finished, rows = [], [], []
+        reanchor, encode, finished, rows = [], [], [], []
         for req in list(self.running):
             if not req.started:
                 if req.session.closed:
@@ -118,9 +131,12 @@ class Scheduler:
                 if req.fork is None and req.session.needs_reanchor(self.layout.frame_stride, self.max_positions):
                     reanchor.append(req)  # the engine loop re-anchors it; its frame starts at the next step
                     continue
+                if req.observed is not None and req.encoded == req.frame:
+                    encode.append(req)  # the engine loop encodes its frame; it starts at the next step
+                    continue
                 self._start_frame(req)
             rows.append(req)
-        return Scheduled(self._batch(rows) if rows else None, rows, reanchor, finished)
+        return Scheduled(self._batch(rows) if rows else None, rows, reanchor, encode, finished)
 
     def _start_frame(self, req: Request) -> None:
         seed = req.sampling.seed

@@ -1,10 +1,13 @@
 """A session: its state, its history (enough to rebuild it), re-anchoring and replay, the seed derivation.
 
-Long sessions re-anchor transparently: when the next frame would pass the transformer's
-position limit, the last c predicted frames become the new context (re-encoded, re-prefilled),
-and the step index at which that happened is kept in the history, so ``replay`` (a restore)
-re-anchors at exactly the same points. The model work here runs on the engine's token thread
-(``EngineLoop``), the only user of the runner's transformer and the cache pool.
+A session's frames are predicted (tokens sampled by the transformer) or observed (a real frame
+the caller reports, encoded by the tokenizer's future encoder against the anchor's context and
+fed in place of sampled tokens). Long sessions re-anchor transparently: when the next frame
+would pass the transformer's position limit, the last c frames become the new context
+(re-encoded, re-prefilled): an observed frame's real pixels, a predicted frame's decoded ones.
+The step index at which that happened is kept in the history (``history.py``), so ``replay`` (a
+restore) re-anchors at exactly the same points. The model work here runs on the engine's token
+thread (``EngineLoop``), the only user of the runner's transformer and the cache pool.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import torch
 
 from ivideogpt.engine.config import EngineConfig
 from ivideogpt.engine.errors import InvalidInput, SessionNotFound
+from ivideogpt.engine.history import SessionHistory, StepRecord
 from ivideogpt.engine.kv_cache import BlockTable, KVCachePool
 from ivideogpt.engine.runner import ModelRunner
+from ivideogpt.frames import frames_from_bytes
 from ivideogpt.sampling import SamplingParams
 
 
@@ -34,48 +39,6 @@ def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
 
 
-@dataclass
-class StepRecord:
-    """One predicted frame: the action that led into it, its sampled token ids, its reward."""
-
-    action: list[float]
-    tokens: list[int]  # the frame's raw sampled ids (as fed back to the transformer)
-    reward: float | None
-
-    def to_dict(self) -> dict:
-        return {"action": self.action, "tokens": self.tokens, "reward": self.reward}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> StepRecord:
-        return cls(d["action"], d["tokens"], d["reward"])
-
-
-@dataclass
-class SessionHistory:
-    """Everything needed to rebuild a session: JSON-serialisable, stored by the gateway."""
-
-    context_ids: list[list[int]]  # [c][G] context code ids at open
-    sampling: dict
-    stream: int = 0
-    steps: list[StepRecord] = field(default_factory=list)
-    # step indices before which the context was re-anchored (last c predicted frames)
-    reanchors: list[int] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {
-            "context_ids": self.context_ids,
-            "sampling": self.sampling,
-            "stream": self.stream,
-            "steps": [s.to_dict() for s in self.steps],
-            "reanchors": self.reanchors,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SessionHistory:
-        steps = [StepRecord.from_dict(s) for s in d["steps"]]
-        return cls(d["context_ids"], d["sampling"], d.get("stream", 0), steps, list(d.get("reanchors", [])))
-
-
 @dataclass(eq=False)
 class Session:
     id: str
@@ -83,10 +46,13 @@ class Session:
     sampling: SamplingParams
     history: SessionHistory
     # the current anchor: its context ids [1, c, G], the tokenizer decoder's features of that
-    # context (reused for every frame), its reconstructed frames [c, 3, H, W] and first step
+    # context (reused for every frame), its reconstructed frames [c, 3, H, W] and first step;
+    # the encoder's features of the frames it was encoded from (what observed frames are encoded
+    # against; None when a restored history lacks its context frames)
     context_ids: torch.Tensor
     decoder_features: list[torch.Tensor]
     anchor_frames: torch.Tensor
+    encoder_features: list[torch.Tensor] | None = None
     anchor_step: int = 0
     # (first step, decoder features) of the previous anchor, to re-decode its recent frames
     previous_anchor: tuple[int, list[torch.Tensor]] | None = None
@@ -103,14 +69,37 @@ class Session:
         runner: ModelRunner,
         table: BlockTable,
         ids: torch.Tensor,
+        encoder_features: list[torch.Tensor] | None,
         sampling: SamplingParams,
         history: SessionHistory,
         now: float,
     ) -> Session:
         """A session on context ids [1, c, G]: their decoder features and frames, their tokens prefilled."""
         recon, features = runner.decode_context(ids)
-        session = cls(sid, table, sampling, history, ids, features, recon[0], last_used=now)
+        session = cls(sid, table, sampling, history, ids, features, recon[0], encoder_features, last_used=now)
         session.prefill_context(runner)
+        return session
+
+    @classmethod
+    def rebuild(
+        cls,
+        sid: str,
+        runner: ModelRunner,
+        table: BlockTable,
+        ids: torch.Tensor,
+        sampling: SamplingParams,
+        history: SessionHistory,
+        now: float,
+    ) -> Session:
+        """A session rebuilt from ``history`` (its checked context ids [1, c, G]): its recorded tokens prefilled."""
+        features = None  # a history from before observe: the session cannot observe
+        if history.context_frames is not None:
+            real = frames_from_bytes(history.context_frames, runner.cfg.tokenizer.resolution)
+            features = runner.encode_context(real[None].to(runner.device, runner.dtype))[1]
+        fresh = SessionHistory(history.context_ids, history.sampling, history.stream)
+        fresh.context_frames = history.context_frames
+        session = cls.start(sid, runner, table, ids, features, sampling, fresh, now)
+        session.replay(runner, history)
         return session
 
     @property
@@ -131,19 +120,37 @@ class Session:
         self.length = start + x.shape[0]
 
     def reanchor(self, runner: ModelRunner) -> None:
-        """The last c frames (predicted, or the anchor's own) become the new context."""
+        """The last c frames (real ones where observed, predicted ones decoded, or the anchor's own) become the
+        new context."""
         c = runner.cfg.tokenizer.context_length
-        since = self.history.steps[self.anchor_step :][-c:]
-        predicted = [runner.decode_frame(self.decoder_features, torch.tensor(r.tokens)) for r in since]
-        recent = ([f.float().cpu() for f in self.anchor_frames] + predicted)[-c:]
+        first = max(self.anchor_step, self.step_index - c)
+        since = [self._pixels(runner, i) for i in range(first, self.step_index)]
+        recent = ([f.float().cpu() for f in self.anchor_frames] + since)[-c:]
         frames = torch.stack(recent)[None].to(runner.device, runner.dtype)
-        ids = runner.encode_context(frames)
+        ids, encoder_features = runner.encode_context(frames)
         recon, features = runner.decode_context(ids)
         self.previous_anchor = (self.anchor_step, self.decoder_features)
         self.context_ids, self.decoder_features, self.anchor_frames = ids, features, recon[0]
+        self.encoder_features = encoder_features
         self.anchor_step = self.step_index
         self.history.reanchors.append(self.step_index)
         self.prefill_context(runner)
+
+    def _pixels(self, runner: ModelRunner, step: int) -> torch.Tensor:
+        """Recorded step ``step`` as a frame [3, H, W] (float, CPU): an observed one as it was, a predicted one
+        decoded."""
+        record = self.history.steps[step]
+        if record.kind == "predicted":
+            return runner.decode_frame(self.decoder_features, torch.tensor(record.tokens))
+        if record.frame is None:
+            raise InvalidInput(f"history.steps[{step}].frame", "an observed frame a re-anchor re-encodes was not kept")
+        return frames_from_bytes(record.frame, runner.cfg.tokenizer.resolution)[0]
+
+    def encode_observed(self, runner: ModelRunner, frame: torch.Tensor) -> torch.Tensor:
+        """A real frame [3, H, W] -> its raw token ids [F], encoded against the current anchor's context."""
+        assert self.encoder_features is not None, "RolloutEngine.observe refuses a session without them"
+        future = runner.encode_future(frame[None, None].to(runner.device, runner.dtype), self.encoder_features)
+        return future[0, 0].cpu() + runner.layout.future_offset
 
     def replay(self, runner: ModelRunner, history: SessionHistory) -> None:
         """Prefill recorded steps segment by segment between re-anchors (no resampling)."""
@@ -167,15 +174,16 @@ class Session:
                 else:
                     with_action = None
                 self._prefill(runner, runner.embed(ids, actions, with_action), start=self.length)
-                self.history.steps.extend(StepRecord(r.action, list(r.tokens), r.reward) for r in segment)
+                self.history.steps.extend(r.copy() for r in segment)
             if j == i:
                 break
             i = j
 
-    def add_frame(self, action: list[float], tokens: list[int], reward: float | None, stride: int) -> int:
-        """Record a predicted frame whose ``stride`` tokens the cache now holds; returns its step index."""
+    def add_frame(self, record: StepRecord, stride: int, context_length: int) -> int:
+        """Record a frame whose ``stride`` tokens the cache now holds; returns its step index. Observed pixels
+        no re-anchor can need any more are dropped (``unneeded_frames``)."""
         self.length += stride
-        self.history.steps.append(StepRecord(action, tokens, reward))
+        self.history.append([record], [], context_length)
         return self.step_index - 1
 
     def features_for(self, step: int) -> list[torch.Tensor]:

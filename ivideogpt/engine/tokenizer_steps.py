@@ -20,14 +20,19 @@ def _with_only(tokenizer: CompressiveTokenizer, *names: str) -> CompressiveToken
 
 
 class ContextEncode(nn.Module):
-    """Context frames [B, c, 3, H, W] in [0, 1] -> context ids [B, c, G]."""
+    """Context frames [B, c, 3, H, W] in [0, 1] -> (context ids [B, c, G], *encoder features).
+
+    The encoder features come out of the same pass: an observed frame's future encoder attends
+    to them (``FutureEncode``), so a session keeps them for its anchor.
+    """
 
     def __init__(self, tokenizer: CompressiveTokenizer):
         super().__init__()
         self.tokenizer = _with_only(tokenizer, "encoder", "quant_conv", "quantize")
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.tokenizer.encode_context(frames)[0]
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ids, features = self.tokenizer.encode_context(frames)
+        return (ids, *features)
 
 
 class ContextDecode(nn.Module):
@@ -40,6 +45,17 @@ class ContextDecode(nn.Module):
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
         frames, features = self.tokenizer.decode_context(ids)
         return (frames, *features)
+
+
+class FutureEncode(nn.Module):
+    """Observed frames [B, n, 3, H, W] in [0, 1] and the encoder features of B contexts -> future ids [B, n, F]."""
+
+    def __init__(self, tokenizer: CompressiveTokenizer):
+        super().__init__()
+        self.tokenizer = _with_only(tokenizer, "cond_encoder", "quant_linear", "dynamics_quantize")
+
+    def forward(self, frames: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.encode_future(frames, list(features))
 
 
 class FutureDecode(nn.Module):
