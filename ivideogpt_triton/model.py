@@ -21,7 +21,7 @@ import numpy as np
 
 from ivideogpt.engine import EngineConfig, RolloutEngine, SessionHistory
 from ivideogpt.engine.errors import CapacityError, InvalidInput, SessionNotFound
-from ivideogpt.engine.inputs import check_frames, check_sampling
+from ivideogpt.engine.inputs import check_frames, check_observed, check_sampling
 from ivideogpt.frames import from_uint8_hwc, to_uint8_hwc
 from ivideogpt_triton.protocol import ENDS_SEQUENCE, OPERATIONS, STARTS_SEQUENCE
 
@@ -45,8 +45,12 @@ def _json(value: np.ndarray, field: str) -> dict:
     return data
 
 
+def _json_out(data: dict) -> np.ndarray:
+    return np.array([json.dumps(data).encode()], dtype=object)
+
+
 def _history_json(history: SessionHistory) -> np.ndarray:
-    return np.array([json.dumps(history.to_dict()).encode()], dtype=object)
+    return _json_out(history.to_dict())
 
 
 class RolloutSessions:
@@ -70,9 +74,9 @@ class RolloutSessions:
                 self._forget(corrid)
             raise InvalidInput("END", f"{op!r} {'must' if op in ENDS_SEQUENCE else 'must not'} end its sequence")
         if op == "info":
-            return {"INFO": np.array([json.dumps(self.engine.model_info()).encode()], dtype=object)}
+            return {"INFO": _json_out(self.engine.model_info())}
         if op == "stats":
-            return {"INFO": np.array([json.dumps(self.engine.stats()).encode()], dtype=object)}
+            return {"INFO": _json_out(self.engine.stats())}
         if start:
             self._forget(corrid)  # a reused correlation id starts over
             sid = self._open(op, inputs)
@@ -121,6 +125,31 @@ class RolloutSessions:
         if result.rewards is not None:
             out["REWARDS"] = result.rewards.numpy().astype(np.float32)
         return out
+
+    def _observe(self, sid: str, inputs: Arrays) -> Arrays:
+        for name in ("OBSERVED_FRAMES", "ACTIONS"):
+            if name not in inputs:
+                raise InvalidInput(name, "missing: observe needs frames [n, H, W, 3] and the n actions to them")
+        frames, actions = check_observed(inputs["OBSERVED_FRAMES"], inputs["ACTIONS"], self.engine.limits)
+        before = self.engine.step_index(sid)
+        result = self.engine.observe(sid, from_uint8_hwc(frames), actions)
+        out: Arrays = {
+            "STEP_INDEX": np.array([result.step_index], dtype=np.int64),
+            "HISTORY": _history_json(self.engine.history(sid, since_step=before)),
+        }
+        if result.rewards is not None:
+            out["REWARDS"] = result.rewards.numpy().astype(np.float32)
+        return out
+
+    def _plan(self, sid: str, inputs: Arrays) -> Arrays:
+        settings = _json(inputs["PLAN_PARAMETERS"], "PLAN_PARAMETERS") if "PLAN_PARAMETERS" in inputs else {}
+        result = self.engine.plan(sid, settings)
+        index = self.engine.step_index(sid)  # plan may re-anchor the session, as imagine does
+        return {
+            "PLAN": _json_out(result.to_dict()),
+            "STEP_INDEX": np.array([index], dtype=np.int64),
+            "HISTORY": _history_json(self.engine.history(sid, since_step=index)),
+        }
 
     def _imagine(self, sid: str, inputs: Arrays) -> Arrays:
         if "ACTION_SEQUENCES" not in inputs:
@@ -192,6 +221,7 @@ def engine_config(model_config: dict) -> EngineConfig:
         session_ttl_s=idle_us / 1e6,
         max_horizon=int(params.get("max_horizon", defaults.max_horizon)),
         max_imagine=int(params.get("max_imagine", defaults.max_imagine)),
+        max_plan_frames=int(params.get("max_plan_frames", defaults.max_plan_frames)),
     )
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODEL_NAME = "ivideogpt_rollout"
-OPERATIONS = ("open", "step", "imagine", "close", "history", "restore", "recorded_frames", "info", "stats")
+OPERATIONS = (
+    "open", "step", "observe", "imagine", "plan", "close", "history", "restore", "recorded_frames", "info", "stats"
+)  # fmt: skip
 STARTS_SEQUENCE = ("open", "restore", "info", "stats")
 ENDS_SEQUENCE = ("close", "info", "stats")
 
@@ -39,8 +41,10 @@ def inputs(action_dim: int) -> tuple[Tensor, ...]:
         Tensor("OPERATION", "TYPE_STRING", (1,), "one of " + ", ".join(OPERATIONS)),
         Tensor("CONTEXT_FRAMES", "TYPE_UINT8", (-1, -1, -1, 3), "open: context frames [c, H, W, 3]"),
         Tensor("SAMPLING_PARAMETERS", "TYPE_STRING", (1,), 'open: JSON {"temperature", "top_k", "greedy", "seed"}'),
-        Tensor("ACTIONS", "TYPE_FP32", (-1, a), "step: actions [h, action_dim]"),
+        Tensor("ACTIONS", "TYPE_FP32", (-1, a), "step: actions [h, action_dim]; observe: one per frame"),
+        Tensor("OBSERVED_FRAMES", "TYPE_UINT8", (-1, -1, -1, 3), "observe: real frames [n, H, W, 3]"),
         Tensor("ACTION_SEQUENCES", "TYPE_FP32", (-1, -1, a), "imagine: action sequences [K, h, action_dim]"),
+        Tensor("PLAN_PARAMETERS", "TYPE_STRING", (1,), 'plan: JSON {"horizon", "population", "iterations", ...}'),
         Tensor("RETURN_FRAMES", "TYPE_BOOL", (1,), "step (default true) and imagine (default false)"),
         Tensor("HISTORY", "TYPE_STRING", (1,), "restore: the session's history as JSON"),
         Tensor("STEP_RANGE", "TYPE_INT64", (2,), "recorded_frames: [start, stop); history: [since, -1]"),
@@ -49,10 +53,11 @@ def inputs(action_dim: int) -> tuple[Tensor, ...]:
 
 OUTPUTS = (
     Tensor("FRAMES", "TYPE_UINT8", (-1, -1, -1, 3), "step, recorded_frames: frames [h, H, W, 3]"),
-    Tensor("REWARDS", "TYPE_FP32", (-1,), "step: rewards [h] (the model has a reward head)"),
+    Tensor("REWARDS", "TYPE_FP32", (-1,), "step, observe: rewards [h] (the model has a reward head)"),
     Tensor("IMAGINED_FRAMES", "TYPE_UINT8", (-1, -1, -1, -1, 3), "imagine: frames [K, h, H, W, 3]"),
     Tensor("IMAGINED_REWARDS", "TYPE_FP32", (-1, -1), "imagine: rewards [K, h]"),
     Tensor("STEP_INDEX", "TYPE_INT64", (1,), "the session's step index after the operation"),
-    Tensor("HISTORY", "TYPE_STRING", (1,), "open, restore, step, history: the history since the step before"),
+    Tensor("HISTORY", "TYPE_STRING", (1,), "open, restore, step, observe, history: the history since the step before"),
+    Tensor("PLAN", "TYPE_STRING", (1,), 'plan: JSON {"actions", "predicted_rewards", "score", ...}'),
     Tensor("INFO", "TYPE_STRING", (1,), "info: model_info JSON; stats: the engine's counters"),
 )

@@ -18,7 +18,7 @@ from server.backends import FrameOut
 from server.deps import api_key, check_key
 from server.errors import ApiError, as_api_error, validation_api_error
 from server.registry import SessionRecord
-from server.schemas import Sampling
+from server.schemas import PlanRequest, Sampling
 from server.sessions import SessionService
 from server.settings import Settings
 from server.wire import array_from, array_payload, decode_png
@@ -34,6 +34,8 @@ STATUS = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+# PlanRequest's optional scalar fields (unset: the planner's defaults)
+PLAN_SCALARS = tuple(f.name for f in pb.PlanRequest.DESCRIPTOR.fields if f.has_presence and f.message_type is None)
 # what a handler answers with a status (anything else is a bug: UNKNOWN)
 SERVICE_ERRORS = (ApiError, RedisError)
 
@@ -139,6 +141,49 @@ class WorldModelService(pb_grpc.WorldModelServicer):
         except SERVICE_ERRORS as err:
             await self._abort(context, err)
 
+    async def Observe(self, request: pb.ObserveRequest, context: grpc.aio.ServicerContext) -> pb.ObserveResponse:
+        try:
+            return await self._observe(self._key(context), request.session_id, request, request.frames)
+        except SERVICE_ERRORS as err:
+            await self._abort(context, err)
+
+    async def _observe(
+        self, key: str, sid: str, request: pb.ObserveRequest | pb.RolloutRequest, frames: pb.Tensor
+    ) -> pb.ObserveResponse:
+        step_index = request.step_index if request.HasField("step_index") else None
+        observed = tensor_in(frames, "frames", 4)
+        actions = tensor_in(request.actions, "actions", 2)
+        out = await self.svc.observe(key, sid, observed, actions, step_index, "grpc")
+        return pb.ObserveResponse(rewards=tensor_out(out.rewards), step_index=out.step_index)
+
+    async def Plan(self, request: pb.PlanRequest, context: grpc.aio.ServicerContext) -> pb.PlanResponse:
+        try:
+            key = self._key(context)
+            plan = await self.svc.plan(key, request.session_id, self._plan_settings(request))
+            return pb.PlanResponse(
+                actions=tensor_out(np.asarray(plan["actions"], np.float32)),
+                predicted_rewards=tensor_out(np.asarray(plan["predicted_rewards"], np.float32)),
+                score=plan["score"],
+                imagined_frames=plan["imagined_frames"],
+                iterations=[pb.PlanIteration(**i) for i in plan["iterations"]],
+            )
+        except SERVICE_ERRORS as err:
+            await self._abort(context, err)
+
+    @staticmethod
+    def _plan_settings(request: pb.PlanRequest) -> dict:
+        """The fields set, checked by REST's own schema; the rest take its defaults."""
+        fields: dict[str, Any] = {name: getattr(request, name) for name in PLAN_SCALARS if request.HasField(name)}
+        if request.HasField("init_mean"):
+            fields["init_mean"] = tensor_in(request.init_mean, "init_mean", 2).tolist()
+        for name in ("action_low", "action_high"):
+            if values := list(getattr(request, name)):
+                fields[name] = values
+        try:
+            return PlanRequest.model_validate(fields).model_dump()
+        except ValidationError as exc:
+            raise validation_api_error(exc.errors()) from None
+
     async def Imagine(self, request: pb.ImagineRequest, context: grpc.aio.ServicerContext) -> pb.ImagineResponse:
         try:
             key = self._key(context)
@@ -162,6 +207,10 @@ class WorldModelService(pb_grpc.WorldModelServicer):
             try:
                 if not session_id:
                     raise ApiError(422, "invalid_input", "required on the first message", "session_id")
+                if request.HasField("observed_frames"):
+                    observed = await self._observe(key, session_id, request, request.observed_frames)
+                    yield pb.RolloutResponse(observed=observed)
+                    continue
                 actions = tensor_in(request.actions, "actions", 2)
                 step_index = request.step_index if request.HasField("step_index") else None
                 want = request.return_frames if request.HasField("return_frames") else True

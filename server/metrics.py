@@ -41,6 +41,16 @@ class Metrics:
         self.imagine_latency = Histogram(
             "ivideogpt_imagine_latency_seconds", "imagine request latency", buckets=LATENCY_BUCKETS, registry=r
         )
+        self.observe_latency = Histogram(
+            "ivideogpt_observe_latency_seconds",
+            "observe request latency",
+            ["transport"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.plan_latency = Histogram(
+            "ivideogpt_plan_latency_seconds", "plan request latency", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.first_frame = Histogram(
             "ivideogpt_time_to_first_frame_seconds", "request to first frame", buckets=LATENCY_BUCKETS, registry=r
         )
@@ -50,8 +60,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.frames = Counter("ivideogpt_frames_generated", "predicted frames (steps and imagine)", registry=r)
+        self.frames = Counter("ivideogpt_frames_generated", "predicted frames (steps, imagines, plans)", registry=r)
         self.tokens = Counter("ivideogpt_tokens_generated", "sampled tokens (16 per frame)", registry=r)
+        self.frames_observed = Counter("ivideogpt_frames_observed", "real frames observed into sessions", registry=r)
+        self.plan_frames = Counter(
+            "ivideogpt_plan_imagined_frames", "frames imagined by plan requests (rewards only)", registry=r
+        )
         self.requests = Counter(
             "ivideogpt_requests", "requests by route and status code", ["route", "method", "status"], registry=r
         )

@@ -1,8 +1,9 @@
 """The session registry and history: in memory (one replica) or in Redis (replicas share sessions).
 
 Per session: a record (owner key, model, sampling, created, expiry, last owner replica), the
-history the engine needs to rebuild it (context token ids; per step action, 16 token ids,
-reward; re-anchor indices), the last step's result (for idempotent retries) and a lease (the
+history the engine needs to rebuild it (context token ids and frames; per step action, 16 token
+ids, reward, predicted or observed; re-anchor indices; the observed frames' pixels while a
+re-anchor may need them), the last step's result (for idempotent retries) and a lease (the
 replica serving it right now). Every key expires with the session. History appends are fenced
 by the lease and by the expected step and re-anchor counts, so two replicas can never both
 extend a session, and an append that is retried (a reply lost) is never applied twice.
@@ -18,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -66,7 +67,12 @@ class Registry(Protocol):
         steps: list[StepRecord],
         reanchors: list[int],
         last: bytes | None,
-    ) -> bool: ...
+        forget: Sequence[int] = (),
+    ) -> bool:
+        """Append steps (observed ones with their pixels) and re-anchors, and drop the pixels of the steps in
+        ``forget``, if the session has exactly ``expected`` (steps, re-anchors) and ``replica`` holds its lease."""
+        ...
+
     async def last_result(self, sid: str) -> bytes | None: ...
     async def acquire_lease(self, sid: str, replica: str, ttl_s: float) -> bool: ...
     async def renew_lease(self, sid: str, replica: str, ttl_s: float) -> bool: ...
@@ -139,14 +145,17 @@ class MemoryRegistry:
         steps: list[StepRecord],
         reanchors: list[int],
         last: bytes | None,
+        forget: Sequence[int] = (),
     ) -> bool:
         entry = self._live(sid)
         if entry is None or not self._holds(sid, replica):
             return False
         if (len(entry.history.steps), len(entry.history.reanchors)) != expected:
             return False
-        entry.history.steps.extend(steps)
+        entry.history.steps.extend(s.copy() for s in steps)
         entry.history.reanchors.extend(reanchors)
+        for i in forget:
+            entry.history.steps[i].frame = None
         if last is not None:
             entry.last = last
         return True
@@ -189,8 +198,9 @@ class MemoryRegistry:
         return None
 
 
-# KEYS: lease, steps, reanchors, last, record
-# ARGV: replica, expected steps, expected reanchors, n_steps, steps..., n_reanchors, reanchors..., last
+# KEYS: lease, steps, reanchors, last, record, frames
+# ARGV: replica, expected steps, expected reanchors, n_steps, steps..., n_reanchors, reanchors..., last,
+#       n_frames, (step index, pixels)..., n_forget, step indices...
 _APPEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
 if redis.call('EXISTS', KEYS[5]) == 0 then return -3 end
@@ -202,9 +212,14 @@ for j = 1, n do redis.call('RPUSH', KEYS[2], ARGV[i]); i = i + 1 end
 local m = tonumber(ARGV[i]); i = i + 1
 for j = 1, m do redis.call('RPUSH', KEYS[3], ARGV[i]); i = i + 1 end
 if ARGV[i] ~= '' then redis.call('SET', KEYS[4], ARGV[i]) end
+i = i + 1
+local f = tonumber(ARGV[i]); i = i + 1
+for j = 1, f do redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 1]); i = i + 2 end
+local g = tonumber(ARGV[i]); i = i + 1
+for j = 1, g do redis.call('HDEL', KEYS[6], ARGV[i]); i = i + 1 end
 local ttl = redis.call('PTTL', KEYS[5])
 if ttl > 0 then
-  for k = 2, 4 do redis.call('PEXPIRE', KEYS[k], ttl) end
+  for _, k in ipairs({2, 3, 4, 6}) do redis.call('PEXPIRE', KEYS[k], ttl) end
 end
 return redis.call('LLEN', KEYS[2])
 """
@@ -245,19 +260,20 @@ class RedisRegistry:
         return f"{self.prefix}{kind}:{sid}"
 
     def _session_keys(self, sid: str) -> list[str]:
-        return [self._k(k, sid) for k in ("rec", "hist", "steps", "reanchors", "last")]
+        return [self._k(k, sid) for k in ("rec", "hist", "steps", "reanchors", "last", "frames")]
 
     async def ping(self) -> None:
         await self.redis.ping()
 
     async def create(self, rec: SessionRecord, history: SessionHistory) -> None:
-        head = {"context_ids": history.context_ids, "sampling": history.sampling, "stream": history.stream}
+        head = history.to_dict()
+        del head["steps"], head["reanchors"]
         ms = int(rec.expires * 1000)
         async with self.redis.pipeline(transaction=True) as p:
             p.set(self._k("rec", rec.session_id), json.dumps(asdict(rec)))
             p.set(self._k("hist", rec.session_id), json.dumps(head))
             for s in history.steps:
-                p.rpush(self._k("steps", rec.session_id), json.dumps(s.to_dict()))
+                p.rpush(self._k("steps", rec.session_id), _step_json(s))
             for r in history.reanchors:
                 p.rpush(self._k("reanchors", rec.session_id), r)
             for key in self._session_keys(rec.session_id)[:4]:
@@ -300,13 +316,17 @@ class RedisRegistry:
             p.get(self._k("hist", sid))
             p.lrange(self._k("steps", sid), 0, -1)
             p.lrange(self._k("reanchors", sid), 0, -1)
-            head, steps, reanchors = await p.execute()
+            p.hgetall(self._k("frames", sid))
+            head, steps, reanchors, frames = await p.execute()
         if head is None:
             return None
         h = json.loads(head)
         h["steps"] = [json.loads(s) for s in steps]
         h["reanchors"] = [int(r) for r in reanchors]
-        return SessionHistory.from_dict(h)
+        history = SessionHistory.from_dict(h)
+        for index, pixels in frames.items():
+            history.steps[int(index)].frame = pixels
+        return history
 
     async def append(
         self,
@@ -316,10 +336,13 @@ class RedisRegistry:
         steps: list[StepRecord],
         reanchors: list[int],
         last: bytes | None,
+        forget: Sequence[int] = (),
     ) -> bool:
-        keys = [self._k(k, sid) for k in ("lease", "steps", "reanchors", "last", "rec")]
-        args: list = [replica, *expected, len(steps), *(json.dumps(s.to_dict()) for s in steps)]
+        keys = [self._k(k, sid) for k in ("lease", "steps", "reanchors", "last", "rec", "frames")]
+        args: list = [replica, *expected, len(steps), *(_step_json(s) for s in steps)]
         args += [len(reanchors), *reanchors, last or b""]
+        frames = [(i, s.frame) for i, s in enumerate(steps, expected[0]) if s.frame is not None and i not in forget]
+        args += [len(frames), *(x for pair in frames for x in pair), len(forget), *forget]
         return int(await self._append(keys=keys, args=args)) >= 0
 
     async def last_result(self, sid: str) -> bytes | None:
@@ -365,6 +388,13 @@ class RedisRegistry:
 
     async def close(self) -> None:
         await asyncio.shield(self.redis.aclose())
+
+
+def _step_json(step: StepRecord) -> str:
+    """A step as its list entry: its pixels (observed) go into the session's frames hash, as raw bytes."""
+    d = step.to_dict()
+    d.pop("frame", None)
+    return json.dumps(d)
 
 
 def make_registry(settings: Settings, clock: Callable[[], float] = time.time) -> Registry:

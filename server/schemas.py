@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ivideogpt.planning import METHODS, PlanSpec
+
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 # a real 64x64 RGB PNG (flat grey-blue), so the documented example runs as is on the default model
@@ -117,6 +119,87 @@ class StepResponse(BaseModel):
     step_index: int = Field(description="the session's step index after this request")
 
 
+class ObserveRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"example": {"frames": [PNG_EXAMPLE], "actions": [[0.1, -0.2, 0.0, 1.0]], "step_index": 0}},
+    )
+
+    frames: list[str] | Array = Field(
+        description="real frames, as context frames are sent: base64 PNGs (RGB, image_size square) or a uint8 "
+        "[n, H, W, 3] array"
+    )
+    actions: list[list[FiniteFloat]] | Array = Field(
+        description="[n, action_dim]: the action that led to each frame (row i: from the frame before to frame i)"
+    )
+    step_index: int | None = Field(
+        None,
+        ge=0,
+        description="the session's step index this request expects; a retry with an index already done returns "
+        "the recorded rewards instead of observing twice",
+    )
+
+
+class ObserveResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"rewards": [0.12], "step_index": 1}})
+
+    rewards: list[float] | Array | None = Field(None, description="the reward head's prediction for each frame")
+    step_index: int = Field(description="the session's step index after this request")
+
+
+class PlanRequest(BaseModel):
+    """Every field but the session is optional; the defaults are ``ivideogpt.planning.PlanSpec``'s."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {"horizon": 5, "population": 32, "iterations": 2, "elites": 5, "seed": 0, "method": "cem"}
+        },
+    )
+
+    horizon: int = Field(PlanSpec.horizon, description="actions per sequence (1..max_horizon)")
+    population: int = Field(PlanSpec.population, description="sequences per iteration (K of one imagine)")
+    iterations: int = Field(PlanSpec.iterations, description="refits; population x horizon x iterations is bounded")
+    elites: int | None = Field(
+        PlanSpec.elites, description="CEM: the sequences the distribution is refitted to (default: min(5, population))"
+    )
+    seed: int = Field(PlanSpec.seed, description="the planner's random numbers: same seed, same session, same plan")
+    init_std: FiniteFloat = Field(PlanSpec.init_std, description="the first population's spread (> 0)")
+    init_mean: list[list[FiniteFloat]] | None = Field(
+        None, description="[horizon, action_dim] warm start (e.g. the last plan shifted by one); default: mid-range"
+    )
+    action_low: list[FiniteFloat] | None = Field(None, description="[action_dim]; default: the model's action_low")
+    action_high: list[FiniteFloat] | None = Field(None, description="[action_dim]; default: the model's action_high")
+    discount: FiniteFloat = Field(PlanSpec.discount, description="a sequence scores sum_t discount^t reward_t")
+    method: Literal[METHODS] = Field(PlanSpec.method, description="cem: cross-entropy method; mppi: score-weighted")  # type: ignore[valid-type]
+    temperature: FiniteFloat = Field(PlanSpec.temperature, description="MPPI: softmax temperature of the scores")
+
+
+class PlanIteration(BaseModel):
+    best: float = Field(description="the best score of the iteration's population")
+    mean: float = Field(description="the population's mean score")
+
+
+class PlanResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "actions": [[0.4, -0.1, 0.0, 1.0], [0.3, 0.0, 0.1, 1.0]],
+                "predicted_rewards": [0.12, 0.15],
+                "score": 0.255,
+                "imagined_frames": 130,
+                "iterations": [{"best": 0.2, "mean": 0.05}, {"best": 0.26, "mean": 0.18}],
+            }
+        }
+    )
+
+    actions: list[list[float]] = Field(description="[horizon, action_dim]: the final mean; run the first")
+    predicted_rewards: list[float] = Field(description="[horizon]: the model's rewards for those actions")
+    score: float = Field(description="their discounted sum")
+    imagined_frames: int = Field(description="frames imagined (rewards only) for this plan")
+    iterations: list[PlanIteration]
+
+
 class ImagineRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -152,6 +235,7 @@ class ModelInfo(BaseModel):
                 "max_horizon": 32,
                 "max_imagine_sequences": 64,
                 "max_imagine_frames": 512,
+                "max_plan_frames": 4096,
                 "sampling_defaults": {"temperature": 1.0, "top_k": 100, "greedy": False, "seed": 0},
             }
         }
@@ -169,6 +253,7 @@ class ModelInfo(BaseModel):
     max_horizon: int
     max_imagine_sequences: int
     max_imagine_frames: int
+    max_plan_frames: int = Field(description="population x horizon x iterations of a plan")
     sampling_defaults: Sampling
 
 

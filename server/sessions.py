@@ -2,11 +2,11 @@
 
 It owns what the engine cannot know: who owns a session (API key), the shared history in the
 registry, which replica may touch a session right now (a lease), restoring a session whose
-engine state is gone, and idempotent retries by ``step_index``.
+engine state is gone, and idempotent retries by ``step_index`` (of steps and observes).
 
-A step commits as one unit: the engine's copy of a session is trusted only while ``_local``
-says it equals the recorded history, and it leaves ``_local`` while a step or imagine changes
-it; only a successful history append puts it back. Whatever ends a request in between (Redis
+A step or an observe commits as one unit: the engine's copy of a session is trusted only while
+``_local`` says it equals the recorded history, and it leaves ``_local`` while a step, observe,
+imagine or plan changes it; only a successful history append puts it back. Whatever ends a request in between (Redis
 down, deadline, cancellation) leaves the copy untrusted, and the next request rebuilds it from
 the history. Every wait is bounded (docs/RELIABILITY.md).
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -24,8 +25,17 @@ from typing import Any, TypeVar
 import msgpack
 import numpy as np
 
-from ivideogpt.engine import SessionNotFound
-from ivideogpt.engine.inputs import InputLimits, check_actions, check_frames, check_sampling, check_sequences
+from ivideogpt.engine import SessionNotFound, StepRecord
+from ivideogpt.engine.history import Kind, unneeded_frames
+from ivideogpt.engine.inputs import (
+    InputLimits,
+    check_actions,
+    check_frames,
+    check_observed,
+    check_plan,
+    check_sampling,
+    check_sequences,
+)
 from server.admission import AdmissionController, Admitted
 from server.backends import Backend, FrameOut, ImagineOut, StepOut
 from server.errors import ApiError, engine_errors, not_found, shutting_down
@@ -43,7 +53,7 @@ W = TypeVar("W")
 
 
 def drainable(method: Callable[..., Awaitable[W]]) -> Callable[..., Awaitable[W]]:
-    """A create, step or imagine: refused once the replica drains (503), and cut with 503 when the drain
+    """A create, step, observe, imagine or plan: refused once the replica drains (503), and cut with 503 when the drain
     ends before it does (uvicorn would answer a bare 500 for a request it cuts)."""
 
     @functools.wraps(method)
@@ -87,13 +97,14 @@ class SessionService:
             settings.max_imagine_sequences,
             settings.max_imagine_frames,
             (info["action_low"], info["action_high"]),
+            settings.max_plan_frames,
         )
         self.replica = settings.replica_id
         self.admission = AdmissionController(
             settings.max_engine_frames, settings.max_queued_frames, settings.queue_timeout_s, metrics
         )
         self.draining = False  # SIGTERM: no new work
-        self._in_flight: set[asyncio.Timeout] = set()  # the creates, steps and imagines running now
+        self._in_flight: set[asyncio.Timeout] = set()  # the creates, steps, observes, imagines and plans running now
         self._closed = False  # shut down: no lease may be taken any more
         self._locks: dict[str, asyncio.Lock] = {}
         self._leases: dict[str, LeaseRenewal] = {}  # the sessions whose lease this replica holds now
@@ -116,6 +127,7 @@ class SessionService:
             "max_horizon": s.max_horizon,
             "max_imagine_sequences": s.max_imagine_sequences,
             "max_imagine_frames": s.max_imagine_frames,
+            "max_plan_frames": s.max_plan_frames,
             "sampling_defaults": {k: v for k, v in i["sampling_defaults"].items() if k != "restrict_to_future_codes"},
         }
 
@@ -182,29 +194,56 @@ class SessionService:
                 await self._ensure_local(sid, n, engine)
                 self.metrics.queue_wait.observe(time.perf_counter() - t0)
                 _, known_reanchors = self._local.pop(sid)  # in flux until the history records the step
-                out = await self._run_step(sid, actions, want_frames, on_frame, t0, engine)
-            hist = out.history  # since step n
-            assert hist is not None
-            new_steps, new_reanchors = hist.steps, hist.reanchors[known_reanchors:]
-            last = msgpack.packb(
-                {
-                    "start": n,
-                    "actions": actions.astype("<f4").tobytes(),
-                    "frames": None if out.frames is None else out.frames.tobytes(),
-                    "shape": None if out.frames is None else list(out.frames.shape),
-                    "rewards": None if out.rewards is None else out.rewards.astype("<f4").tobytes(),
-                }
-            )
-            if not await self.registry.append(sid, self.replica, (n, known_reanchors), new_steps, new_reanchors, last):
-                await self._drop_local(sid)
-                raise ApiError(409, "conflict", "the session changed during this step: retry", "step_index", 1.0)
-            self._local[sid] = (n + len(hist.steps), len(hist.reanchors))
-            await self._touch(rec)
+                stream = lambda: self._stream_frames(sid, actions, want_frames, on_frame, t0, engine)  # noqa: E731
+                out = await self._run(sid, engine, stream)
+            last = {
+                "start": n,
+                "actions": actions.astype("<f4").tobytes(),
+                "frames": None if out.frames is None else out.frames.tobytes(),
+                "shape": None if out.frames is None else list(out.frames.shape),
+                "rewards": None if out.rewards is None else out.rewards.astype("<f4").tobytes(),
+            }
+            await self._commit(sid, rec, n, known_reanchors, out, last)
         h = actions.shape[0]
         self.metrics.frames.inc(h)
         self.metrics.tokens.inc(h * self.info["tokens_per_frame"])
         self.metrics.step_latency.labels(transport).observe(time.perf_counter() - t0)
         return StepOut(out.frames, out.rewards, n + h)
+
+    @drainable
+    async def observe(
+        self,
+        key_id: str,
+        sid: str,
+        frames: np.ndarray,
+        actions: np.ndarray,
+        step_index: int | None = None,
+        transport: str = "rest",
+    ) -> StepOut:
+        """Real frames uint8 [n, H, W, 3] and the n actions that led to them into the session: recorded as
+        ``observed`` steps (idempotent by ``step_index``, as steps are); the reward head's predictions back."""
+        t0 = time.perf_counter()
+        with engine_errors():
+            frames, actions = check_observed(frames, actions, self.limits)
+        h = frames.shape[0]
+        self.admission.refuse_if_full(h)
+        rec = await self._record(key_id, sid)
+        async with self._session(sid):
+            n = await self.registry.step_count(sid)
+            if step_index is not None and step_index != n:
+                recorded = await self._recorded(sid, n, step_index, actions, "observed", frames)
+                self.metrics.idempotent_replays.inc()
+                self.metrics.observe_latency.labels(transport).observe(time.perf_counter() - t0)
+                return StepOut(None, self._rewards(recorded), step_index + h)
+            async with self._engine(h, "observe") as engine:
+                await self._ensure_local(sid, n, engine)
+                self.metrics.queue_wait.observe(time.perf_counter() - t0)
+                _, known_reanchors = self._local.pop(sid)  # in flux until the history records the frames
+                out = await self._run(sid, engine, lambda: engine.run(self.backend.observe(sid, frames, actions)))
+            await self._commit(sid, rec, n, known_reanchors, out, None)
+        self.metrics.frames_observed.inc(h)
+        self.metrics.observe_latency.labels(transport).observe(time.perf_counter() - t0)
+        return StepOut(None, out.rewards, n + h)
 
     @drainable
     async def imagine(self, key_id: str, sid: str, seqs: np.ndarray, return_frames: bool) -> ImagineOut:
@@ -221,18 +260,36 @@ class SessionService:
                 self.metrics.queue_wait.observe(time.perf_counter() - t0)
                 steps, known_reanchors = self._local.pop(sid)  # imagine may re-anchor the engine's copy
                 out = await self._call(engine, self.backend.imagine(sid, seqs, return_frames))
-            reanchors = out.reanchors or []
-            if len(reanchors) > known_reanchors:  # imagine re-anchored the session: record it
-                new = reanchors[known_reanchors:]
-                if not await self.registry.append(sid, self.replica, (n, known_reanchors), [], new, None):
-                    await self._drop_local(sid)
-                    raise ApiError(409, "conflict", "the session changed during this request: retry", None, 1.0)
-            self._local[sid] = (steps, len(reanchors))
-            await self._touch(rec)
+            await self._commit_reanchors(sid, rec, n, steps, known_reanchors, out.reanchors or [])
         self.metrics.frames.inc(k * h)
         self.metrics.tokens.inc(k * h * self.info["tokens_per_frame"])
         self.metrics.imagine_latency.observe(time.perf_counter() - t0)
         return ImagineOut(out.rewards, out.frames)
+
+    @drainable
+    async def plan(self, key_id: str, sid: str, settings: dict) -> dict:
+        """Model-predictive control from the session's current state (``RolloutEngine.plan``); the session is
+        unchanged. ``settings``: ``ivideogpt.planning.PlanSpec``'s fields, checked against this gateway's limits."""
+        t0 = time.perf_counter()
+        with engine_errors():
+            spec = check_plan(settings, self.limits, (self.info["action_low"], self.info["action_high"]))
+        frames = spec.population * spec.horizon * spec.iterations + spec.horizon  # the populations, the final mean
+        self.admission.refuse_if_full(frames)
+        rec = await self._record(key_id, sid)
+        async with self._session(sid):
+            n = await self.registry.step_count(sid)
+            async with self._engine(frames, "plan") as engine:
+                await self._ensure_local(sid, n, engine)
+                self.metrics.queue_wait.observe(time.perf_counter() - t0)
+                steps, known_reanchors = self._local.pop(sid)  # its imagines may re-anchor the engine's copy
+                out = await self._call(engine, self.backend.plan(sid, dataclasses.asdict(spec)))
+            await self._commit_reanchors(sid, rec, n, steps, known_reanchors, out.reanchors)
+        imagined = int(out.plan["imagined_frames"])
+        self.metrics.frames.inc(imagined)
+        self.metrics.tokens.inc(imagined * self.info["tokens_per_frame"])
+        self.metrics.plan_frames.inc(imagined)
+        self.metrics.plan_latency.observe(time.perf_counter() - t0)
+        return out.plan
 
     async def forward_target(self, key_id: str, sid: str) -> str | None:
         """The address of the live replica whose engine holds this session, when it is not this one."""
@@ -385,23 +442,44 @@ class SessionService:
             return False
         return True
 
-    async def _run_step(
-        self,
-        sid: str,
-        actions: np.ndarray,
-        want_frames: bool,
-        on_frame: OnFrame | None,
-        t0: float,
-        engine: Admitted,
-    ) -> StepOut:
-        """Step the engine's copy; its history from the step's start on comes with the result."""
+    async def _run(self, sid: str, engine: Admitted, call: Callable[[], Awaitable[T]]) -> T:
+        """``call`` on the engine's copy; evicted between the check and the call (before it changed anything):
+        rebuilt, and called again."""
         with engine_errors():
             try:
-                return await self._stream_frames(sid, actions, want_frames, on_frame, t0, engine)
-            except SessionNotFound:  # evicted between the check and the step (before any frame): rebuild, again
+                return await call()
+            except SessionNotFound:
                 await self._restore(sid, engine)
                 self._local.pop(sid)
-                return await self._stream_frames(sid, actions, want_frames, on_frame, t0, engine)
+                return await call()
+
+    async def _commit(
+        self, sid: str, rec: SessionRecord, n: int, known_reanchors: int, out: StepOut, last: dict | None
+    ) -> None:
+        """Record what a step or an observe added (``out.history``: its steps and every re-anchor so far) as one
+        unit, fenced by the lease and the counts; the engine's copy is trusted again only after that."""
+        hist = out.history
+        assert hist is not None
+        steps, reanchors = hist.steps, hist.reanchors[known_reanchors:]
+        forget = unneeded_frames(n, n + len(steps), hist.reanchors, self.info["context_frames"])
+        packed = None if last is None else msgpack.packb(last)
+        if not await self.registry.append(sid, self.replica, (n, known_reanchors), steps, reanchors, packed, forget):
+            await self._drop_local(sid)
+            raise ApiError(409, "conflict", "the session changed during this request: retry", "step_index", 1.0)
+        self._local[sid] = (n + len(steps), len(hist.reanchors))
+        await self._touch(rec)
+
+    async def _commit_reanchors(
+        self, sid: str, rec: SessionRecord, n: int, steps: int, known_reanchors: int, reanchors: list[int]
+    ) -> None:
+        """Record the re-anchors an imagine or a plan did first (the session's frames are unchanged)."""
+        if len(reanchors) > known_reanchors:
+            new = reanchors[known_reanchors:]
+            if not await self.registry.append(sid, self.replica, (n, known_reanchors), [], new, None):
+                await self._drop_local(sid)
+                raise ApiError(409, "conflict", "the session changed during this request: retry", None, 1.0)
+        self._local[sid] = (steps, len(reanchors))
+        await self._touch(rec)
 
     async def _stream_frames(
         self, sid: str, actions: np.ndarray, want_frames: bool, on_frame: OnFrame | None, t0: float, engine: Admitted
@@ -463,16 +541,7 @@ class SessionService:
     ) -> StepOut:
         """An older retry: the recorded actions must match; frames are re-decoded from the recorded tokens."""
         h = actions.shape[0]
-        history = await self.registry.history(sid)
-        recorded = [] if history is None else history.steps[step_index : step_index + h]
-        if len(recorded) != h or not np.array_equal(np.asarray([r.action for r in recorded], np.float32), actions):
-            raise ApiError(
-                409,
-                "conflict",
-                f"step_index {step_index} is already recorded (the session is at step {n}) with other actions "
-                "or another horizon",
-                "step_index",
-            )
+        recorded = await self._recorded(sid, n, step_index, actions, "predicted")
         frames = None
         if want_frames:
             async with self._engine(h, "step") as engine:
@@ -481,7 +550,32 @@ class SessionService:
                     frames = await self._call(engine, self.backend.recorded_frames(sid, step_index, step_index + h))
                 except ApiError as err:  # older than the engine keeps decoder features for
                     raise ApiError(409, "conflict", err.message, "step_index") from None
-        rewards = None
-        if self.info["reward_head"]:
-            rewards = np.array([r.reward for r in recorded], dtype=np.float32)
-        return await self._replayed(frames, rewards, step_index, h, on_frame)
+        return await self._replayed(frames, self._rewards(recorded), step_index, h, on_frame)
+
+    async def _recorded(
+        self, sid: str, n: int, step_index: int, actions: np.ndarray, kind: Kind, frames: np.ndarray | None = None
+    ) -> list[StepRecord]:
+        """The recorded steps a retry names, when they are what it asks again: as many, of its kind, with its
+        actions (and, for observed frames whose pixels are still kept, its frames); else 409."""
+        if step_index > n:
+            raise ApiError(409, "conflict", f"step_index {step_index}, the session is at step {n}", "step_index")
+        h = actions.shape[0]
+        history = await self.registry.history(sid)
+        recorded = [] if history is None else history.steps[step_index : step_index + h]
+        same = len(recorded) == h and all(r.kind == kind for r in recorded)
+        same = same and np.array_equal(np.asarray([r.action for r in recorded], np.float32), actions)
+        if same and frames is not None:
+            same = all(r.frame is None or r.frame == f.tobytes() for r, f in zip(recorded, frames, strict=True))
+        if not same:
+            what = "frames, actions" if kind == "observed" else "actions"
+            raise ApiError(
+                409,
+                "conflict",
+                f"step_index {step_index} is already recorded (the session is at step {n}) with other {what}, "
+                "another count or as another kind (predicted or observed)",
+                "step_index",
+            )
+        return recorded
+
+    def _rewards(self, recorded: list[StepRecord]) -> np.ndarray | None:
+        return np.array([r.reward for r in recorded], dtype=np.float32) if self.info["reward_head"] else None

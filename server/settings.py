@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     )
     engine_idle_s: float = Field(600.0, description="engine evicts a session idle this long (history stays)")
     engine_timeout_s: float = Field(
-        120.0, gt=0, description="a step, imagine or create running longer than this in the engine: 504"
+        120.0, gt=0, description="a create, step, observe, imagine or plan running longer than this in the engine: 504"
     )
 
     # admission control (in front of the engine, counted in predicted frames)
@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 8 << 20
     max_horizon: int = Field(32, description="actions per step request")
     max_imagine_sequences: int = Field(64, description="K of an imagine request")
-    max_imagine_frames: int = Field(512, description="K x horizon of an imagine request")
+    max_imagine_frames: int = Field(512, description="K x horizon of an imagine request (and of a plan's iteration)")
+    max_plan_frames: int = Field(4096, ge=1, description="population x horizon x iterations of a plan request")
     max_sessions_per_key: int = 64
     max_gif_frames: int = Field(1024, ge=1, description="frames of a POST /v1/render/gif request")
 

@@ -84,6 +84,22 @@ def test_rollout_writes_a_gif_with_context_and_predicted_frames(url: str, tmp_pa
     assert (tmp_path / "y.gif").read_bytes() == (tmp_path / "x.gif").read_bytes()
 
 
+def test_plan_prints_the_plan_as_json(url: str, tmp_path: Path) -> None:
+    """``ivideogpt plan --context a.png b.png --horizon 5``: the issue's command, on the README's two frames."""
+    ctx = [REPO / "docs" / "examples" / f"context{i}.png" for i in (0, 1)]
+    args = ["plan", "--url", url, "--context", *map(str, ctx), "--horizon", "5", "--population", "8"]
+    r = run(*args, "--iterations", "2", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert np.asarray(plan["actions"]).shape == (5, 4) and len(plan["predicted_rewards"]) == 5
+    assert plan["imagined_frames"] == 2 * 8 * 5 + 5 and len(plan["iterations"]) == 2
+    assert np.all(np.abs(plan["actions"]) <= 1)
+    again = run(*args, "--iterations", "2", "--seed", "3", "--transport", "msgpack")
+    assert json.loads(again.stdout) == plan  # seeded: the same plan, whichever transport
+    r = run(*args, "--iterations", "2", "--elites", "9")
+    assert r.returncode == 1 and "InvalidRequest: elites:" in r.stderr, r.stderr
+
+
 def test_bench_prints_latency_and_frames_per_second(url: str) -> None:
     r = run("bench", "--url", url, "--sessions", "2", "--steps", "2", "--imagine", "2", "--requests", "6", "--json")
     assert r.returncode == 0, r.stderr

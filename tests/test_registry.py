@@ -14,7 +14,7 @@ from gateway_helpers import REDIS_URL, clear_redis, redis_prefix
 
 from ivideogpt.engine import SessionHistory, StepRecord
 from server.errors import from_registry
-from server.registry import RedisRegistry, RegistryBusy, SessionRecord
+from server.registry import MemoryRegistry, RedisRegistry, RegistryBusy, SessionRecord
 
 
 @pytest.fixture
@@ -75,6 +75,34 @@ def test_an_append_sent_twice_is_applied_once(prefix: str) -> None:
             history = await registry.history("s")
             assert history is not None and len(history.steps) == 2 and history.reanchors == [2]
             assert not await registry.append("s", "other", (2, 1), [step], [], None)  # fenced by the lease
+        finally:
+            await registry.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_observed_pixels_are_kept_while_needed_and_dropped_after(prefix: str, kind: str) -> None:
+    """Both registries keep what a rebuild needs: the context frames, an observed frame's pixels until the
+    session says they are no longer needed (``forget``); a history reads back as it was written."""
+
+    async def main() -> None:
+        registry = MemoryRegistry() if kind == "memory" else RedisRegistry(REDIS_URL, prefix)
+        try:
+            rec = SessionRecord("s", "k", "tiny", {}, time.time(), time.time() + 60)
+            await registry.create(rec, SessionHistory([[1, 2]], {"seed": 1}, 0, context_frames=b"\x01" * 24))
+            assert await registry.acquire_lease("s", "me", 10.0)
+            seen = [StepRecord([0.1], [3] * 16, 0.5, "observed", bytes([i]) * 12) for i in range(3)]
+            assert await registry.append("s", "me", (0, 0), seen, [], None, forget=[0])  # 0 left the last two
+            history = await registry.history("s")
+            assert history is not None and history.context_frames == b"\x01" * 24
+            assert [s.frame for s in history.steps] == [None, b"\x01" * 12, b"\x02" * 12]
+            assert [s.kind for s in history.steps] == ["observed"] * 3
+            predicted = StepRecord([0.2], [4] * 16, 0.1)
+            assert await registry.append("s", "me", (3, 0), [predicted], [], None, forget=[1])
+            history = await registry.history("s")
+            assert [s.frame is not None for s in history.steps] == [False, False, True, False]
+            assert history.steps[3].kind == "predicted"
         finally:
             await registry.close()
 

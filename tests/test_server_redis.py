@@ -218,3 +218,36 @@ def test_unreachable_redis_is_not_ready_and_answers_503(env: dict[str, str], gat
         r = httpx.post(f"{g.url}/v1/sessions", json=body, timeout=60)
         assert r.status_code == 503 and r.json()["error"]["code"] == "registry_unavailable"
         assert int(r.headers["Retry-After"]) >= 1
+
+
+def test_observed_frames_survive_a_restore_across_a_re_anchor(
+    pair: tuple[Gateway, Gateway], reference: RolloutEngine, prefix: str
+) -> None:
+    """Observed frames are recorded with the pixels a re-anchor re-encodes (and no others): another replica
+    rebuilds the session from Redis and continues exactly like the original."""
+    a, b = pair
+    first, seen, acts, after = actions(60, 20), context(61, n=3), actions(62, 3), actions(63, 2)
+    sid = create(a.url, seed=19)
+    step(a.url, sid, first)
+    body = {"frames": [png_b64(f) for f in seen], "actions": acts, "step_index": 20}
+    r = httpx.post(f"{a.url}/v1/sessions/{sid}/observe", json=body, timeout=120)
+    assert r.status_code == 200 and r.json()["step_index"] == 23, r.text  # frame 22 re-anchored on 20 and 21
+    frames_key = f"{prefix}frames:{sid}"
+    store = redis.Redis.from_url(REDIS_URL)
+    assert sorted(int(i) for i in store.hkeys(frames_key)) == [20, 21, 22]  # the re-anchor's two, and the last two
+    got = frames_of(step(b.url, sid, after, step_index=23))  # b never forwards: it restores from the history
+    assert sorted(int(i) for i in store.hkeys(frames_key)) == [20, 21]  # 22 left the last two
+    assert 0 < store.pttl(frames_key) <= 120_000
+    store.close()
+
+    ctx = torch.from_numpy(context(0).transpose(0, 3, 1, 2).copy())
+    ref = reference.open(ctx, SamplingParams(seed=19))
+    try:
+        reference.step(ref, torch.tensor(first))
+        observed = reference.observe(ref, torch.from_numpy(seen.transpose(0, 3, 1, 2).copy()), torch.tensor(acts))
+        expected = to_uint8_hwc(reference.step(ref, torch.tensor(after)).frames)
+        assert reference.history(ref).reanchors == [22]
+    finally:
+        reference.close(ref)
+    np.testing.assert_allclose(r.json()["rewards"], observed.rewards.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got, expected)

@@ -82,6 +82,41 @@ def test_session_through_the_triton_backend(gateway: Gateway, triton_repository:
     assert "ivideogpt_kv_cache_blocks_free" in metrics
 
 
+def test_observe_and_plan_through_the_triton_backend(
+    gateway: Gateway, triton_repository: Path, triton_server: TritonServer
+) -> None:
+    sid = create(gateway, 5)
+    seen, acts, after = context(50)[:1], actions(5, 1), actions(6, 2)
+    body = {"frames": [png_b64(f) for f in seen], "actions": acts, "step_index": 0}
+    r = httpx.post(f"{gateway.url}/v1/sessions/{sid}/observe", json=body, timeout=60)
+    assert r.status_code == 200 and r.json()["step_index"] == 1, r.text
+    settings = {"horizon": 2, "population": 6, "iterations": 1, "seed": 3}
+    plan = httpx.post(f"{gateway.url}/v1/sessions/{sid}/plan", json=settings, timeout=60)
+    assert plan.status_code == 200, plan.text
+
+    async def forgotten() -> int:
+        client = TritonRolloutClient(triton_server.grpc_url)
+        try:
+            return await sessions_once_idle(client)
+        finally:
+            await client.close_connection()
+
+    assert asyncio.run(forgotten()) == 0
+    stepped = step(gateway, sid, after, 1)  # rebuilt on Triton from a history holding the observed frame
+
+    engine = RolloutEngine.from_repository(triton_repository, EngineConfig(cache_bytes=32 << 20))
+    try:
+        ref = engine.open(torch.from_numpy(context(5).transpose(0, 3, 1, 2).copy()), SamplingParams(seed=5))
+        observed = engine.observe(ref, torch.from_numpy(seen.transpose(0, 3, 1, 2).copy()), torch.tensor(acts))
+        ref_plan = engine.plan(ref, settings)
+        frames = to_uint8_hwc(engine.step(ref, torch.tensor(after)).frames)
+    finally:
+        engine.shutdown()
+    np.testing.assert_allclose(r.json()["rewards"], observed.rewards.numpy(), atol=1e-6)
+    np.testing.assert_allclose(plan.json()["actions"], ref_plan.actions.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(np.stack([decode_png_b64(f) for f in stepped["frames"]]), frames)
+
+
 def test_session_idled_out_on_triton_is_restored_transparently(
     gateway: Gateway, triton_repository: Path, triton_server: TritonServer
 ) -> None:

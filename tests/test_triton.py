@@ -94,6 +94,41 @@ def test_session_through_triton_equals_the_engine(triton_server: TritonServer, e
     np.testing.assert_array_equal(imagined.frames, to_uint8_hwc(ref_imagine.frames))
 
 
+def test_observe_and_plan_through_triton_equal_the_engine(triton_server: TritonServer, engine: RolloutEngine) -> None:
+    seen, acts, after = context(7)[:, ::-1].copy(), actions(3, 2), actions(4, 2)
+    settings = {"horizon": 3, "population": 8, "iterations": 2, "seed": 2}
+
+    async def session(client: TritonRolloutClient):
+        await client.open(15, context(0), {"seed": 5})
+        observed = await client.observe(15, seen, acts)
+        plan = await client.plan(15, settings)
+        history = await client.history(15)
+        await client.restore(16, history)  # rebuilt from a history with observed frames
+        stepped = await client.step(15, after)
+        twin = await client.step(16, after)
+        with pytest.raises(InvalidInput) as bad:
+            await client.observe(15, seen, actions(3, 1))
+        await asyncio.gather(client.close(15), client.close(16))
+        return observed, plan, history, stepped, twin, bad.value
+
+    observed, plan, history, stepped, twin, bad = run(session)(triton_server.grpc_url)
+    sid = engine_open(engine, context(0), seed=5)
+    ref_observed = engine.observe(sid, torch.from_numpy(seen.transpose(0, 3, 1, 2).copy()), acts)
+    ref_plan = engine.plan(sid, settings)
+    ref_step = engine.step(sid, after)
+    ref_history = engine.history(sid)
+    engine.close(sid)
+
+    assert observed.step_index == 2 and [r.kind for r in observed.history.steps] == ["observed"] * 2
+    assert [r.tokens for r in history.steps] == [r.tokens for r in ref_history.steps[:2]]
+    np.testing.assert_allclose(observed.rewards, ref_observed.rewards.numpy(), atol=1e-6)
+    np.testing.assert_allclose(plan.plan["actions"], ref_plan.actions.numpy(), atol=1e-5)
+    assert plan.plan["imagined_frames"] == ref_plan.imagined_frames
+    np.testing.assert_array_equal(stepped.frames, to_uint8_hwc(ref_step.frames))
+    np.testing.assert_array_equal(twin.frames, stepped.frames)
+    assert bad.field == "actions"
+
+
 def test_interleaved_sessions_stay_independent(triton_server: TritonServer, engine: RolloutEngine) -> None:
     async def two_sessions(client: TritonRolloutClient):
         await asyncio.gather(client.open(21, context(1), {"seed": 1}), client.open(22, context(2), {"seed": 2}))
@@ -177,11 +212,20 @@ def op(name: str) -> tuple[np.ndarray, str]:
     return np.array([name.encode()], dtype=object), "BYTES"
 
 
+def text(value: bytes) -> tuple[np.ndarray, str]:
+    return np.array([value], dtype=object), "BYTES"
+
+
 def test_malformed_requests_name_the_field(triton_server: TritonServer) -> None:
     url = triton_server.grpc_url
+    small = context(0)[:1, :32].copy()  # a 32x64 frame
     cases = [
         ("ACTIONS", dict(OPERATION=op("step"), ACTIONS=(actions(0, 2)[:, :3].copy(), "FP32"))),  # action dim 3
         ("ACTIONS", dict(OPERATION=op("step"))),  # missing input
+        ("OBSERVED_FRAMES", dict(OPERATION=op("observe"), ACTIONS=(actions(0, 1), "FP32"))),
+        ("frames", dict(OPERATION=op("observe"), ACTIONS=(actions(0, 1), "FP32"), OBSERVED_FRAMES=(small, "UINT8"))),
+        ("PLAN_PARAMETERS", dict(OPERATION=op("plan"), PLAN_PARAMETERS=text(b"[1]"))),
+        ("horizon", dict(OPERATION=op("plan"), PLAN_PARAMETERS=text(b'{"horizon": 0}'))),
         ("OPERATION", dict(OPERATION=op("teleport"))),
         ("OPERATION", dict(ACTIONS=(actions(0, 1), "FP32"))),
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.backends.base import Backend, FrameOut, ImagineOut, StepOut
+from server.backends.base import Backend, FrameOut, ImagineOut, PlanOut, StepOut
 from server.settings import Settings
 
 
@@ -19,4 +19,4 @@ async def make_backend(settings: Settings) -> Backend:
     return await asyncio.to_thread(LocalBackend, settings)
 
 
-__all__ = ["Backend", "FrameOut", "ImagineOut", "StepOut", "make_backend"]
+__all__ = ["Backend", "FrameOut", "ImagineOut", "PlanOut", "StepOut", "make_backend"]

@@ -27,6 +27,8 @@ class FrameOut:
 
 @dataclass
 class StepOut:
+    """A step's (or an observe's: no frames) result."""
+
     frames: np.ndarray | None  # uint8 [h, H, W, 3]
     rewards: np.ndarray | None  # float32 [h]
     step_index: int  # after the step
@@ -38,6 +40,12 @@ class ImagineOut:
     rewards: np.ndarray | None  # float32 [K, h]
     frames: np.ndarray | None  # uint8 [K, h, H, W, 3]
     reanchors: list[int] | None = None  # the session's re-anchors after the imagine (it may re-anchor first)
+
+
+@dataclass
+class PlanOut:
+    plan: dict  # ``ivideogpt.planning.PlanResult.to_dict()``
+    reanchors: list[int]  # the session's re-anchors after the plan (its imagines may re-anchor first)
 
 
 class Backend(Protocol):
@@ -59,7 +67,15 @@ class Backend(Protocol):
         ``first_frame`` is called (from any thread) when the first one does."""
         ...
 
+    async def observe(self, session_id: str, frames: np.ndarray, actions: np.ndarray) -> StepOut:
+        """Real frames uint8 [n, H, W, 3] and the n actions that led to them into the session (no frames out)."""
+        ...
+
     async def imagine(self, session_id: str, action_sequences: np.ndarray, return_frames: bool) -> ImagineOut: ...
+    async def plan(self, session_id: str, settings: dict) -> PlanOut:
+        """``settings``: ``ivideogpt.planning.PlanSpec``'s fields (those not given take its defaults)."""
+        ...
+
     async def close(self, session_id: str) -> None: ...
     async def recorded_frames(self, session_id: str, start: int, stop: int) -> np.ndarray: ...
     async def restore(self, history: SessionHistory, session_id: str) -> None: ...

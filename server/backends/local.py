@@ -19,7 +19,7 @@ from ivideogpt.engine import EngineConfig, RolloutEngine, SessionHistory
 from ivideogpt.frames import from_uint8_hwc, to_uint8_hwc
 from ivideogpt.model import WorldModel
 from ivideogpt.sampling import SamplingParams
-from server.backends.base import FrameOut, ImagineOut, StepOut
+from server.backends.base import FrameOut, ImagineOut, PlanOut, StepOut
 from server.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +62,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         session_ttl_s=settings.engine_idle_s,
         max_horizon=max(settings.max_horizon, 1),
         max_imagine=max(settings.max_imagine_sequences, 1),
+        max_plan_frames=max(settings.max_plan_frames, 1),
         threads=settings.torch_threads or 0,
     )
 
@@ -137,6 +138,23 @@ class LocalBackend:
             )
             history = self.engine.history(session_id, before)
             return StepOut(frames, rewards, outs[-1].step_index + 1, history)
+
+        return await asyncio.to_thread(work)
+
+    async def observe(self, session_id: str, frames: np.ndarray, actions: np.ndarray) -> StepOut:
+        def work() -> StepOut:
+            before = self.engine.step_index(session_id)
+            result = self.engine.observe(session_id, from_uint8_hwc(frames), torch.from_numpy(actions))
+            rewards = None if result.rewards is None else result.rewards.float().numpy()
+            return StepOut(None, rewards, result.step_index, self.engine.history(session_id, before))
+
+        return await asyncio.to_thread(work)
+
+    async def plan(self, session_id: str, settings: dict) -> PlanOut:
+        def work() -> PlanOut:
+            result = self.engine.plan(session_id, settings)
+            reanchors = self.engine.history(session_id, self.engine.step_index(session_id)).reanchors
+            return PlanOut(result.to_dict(), reanchors)
 
         return await asyncio.to_thread(work)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ivideogpt.engine import SessionHistory, SessionNotFound
 from ivideogpt.sampling import SamplingParams
-from server.backends.base import FrameOut, ImagineOut, StepOut
+from server.backends.base import FrameOut, ImagineOut, PlanOut, StepOut
 from server.backends.triton_client import TritonRolloutClient
 from server.settings import Settings
 
@@ -68,6 +68,11 @@ class TritonBackend:
             raise SessionNotFound(session_id)
         return held
 
+    def _record(self, history: SessionHistory, reply: SessionHistory) -> None:
+        """A reply's new steps (and every re-anchor so far) into this side's copy of the history."""
+        new_reanchors = reply.reanchors[len(history.reanchors) :]
+        history.append(reply.steps, new_reanchors, self.info["context_frames"])
+
     async def _call(self, session_id: str, call: Awaitable[T]) -> T:
         """A call on a held session; Triton forgetting it (idle timeout, restart) drops it here too."""
         try:
@@ -95,8 +100,7 @@ class TritonBackend:
         if first_frame is not None:
             first_frame()
         first = len(history.steps)
-        history.steps.extend(reply.history.steps)
-        history.reanchors = reply.history.reanchors
+        self._record(history, reply.history)
         if stream is not None:
             for i in range(len(reply.history.steps)):
                 frame = None if reply.frames is None else reply.frames[i]
@@ -104,10 +108,22 @@ class TritonBackend:
                 stream.put_nowait(FrameOut(first + i, frame, reward))
         return StepOut(reply.frames, reply.rewards, reply.step_index, copy.deepcopy(reply.history))
 
+    async def observe(self, session_id: str, frames: np.ndarray, actions: np.ndarray) -> StepOut:
+        corrid, history = self._remote(session_id)
+        reply = await self._call(session_id, self.client.observe(corrid, frames, actions))
+        self._record(history, reply.history)
+        return StepOut(None, reply.rewards, reply.step_index, copy.deepcopy(reply.history))
+
+    async def plan(self, session_id: str, settings: dict) -> PlanOut:
+        corrid, history = self._remote(session_id)
+        reply = await self._call(session_id, self.client.plan(corrid, settings))
+        self._record(history, reply.history)  # its imagines may re-anchor the session first
+        return PlanOut(reply.plan, list(reply.history.reanchors))
+
     async def imagine(self, session_id: str, action_sequences: np.ndarray, return_frames: bool) -> ImagineOut:
         corrid, history = self._remote(session_id)
         reply = await self._call(session_id, self.client.imagine(corrid, action_sequences, return_frames))
-        history.reanchors = reply.history.reanchors  # imagine may re-anchor the session first
+        self._record(history, reply.history)  # imagine may re-anchor the session first
         return ImagineOut(reply.rewards, reply.frames, list(reply.history.reanchors))
 
     async def close(self, session_id: str) -> None:

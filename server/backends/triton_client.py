@@ -8,7 +8,9 @@ alike.
     client = TritonRolloutClient("127.0.0.1:8001")
     await client.open(7, context_frames)          # uint8 [c, H, W, 3]
     reply = await client.step(7, actions)         # float32 [h, action_dim]
+    reply = await client.observe(7, frames, actions)  # real frames uint8 [n, H, W, 3] and their actions
     rewards = (await client.imagine(7, seqs)).rewards  # [K, h]
+    plan = (await client.plan(7, {"horizon": 5})).plan  # {"actions", "predicted_rewards", "score", ...}
     await client.close(7)
 """
 
@@ -23,7 +25,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from ivideogpt.engine.errors import CapacityError, EngineError, InvalidInput, SessionNotFound
-from ivideogpt.engine.session import SessionHistory
+from ivideogpt.engine.history import SessionHistory
 from ivideogpt_triton.protocol import ENDS_SEQUENCE, MODEL_NAME, STARTS_SEQUENCE, inputs
 
 _WIRE_TYPES = {t.name: t.datatype for t in inputs(action_dim=1)}  # types do not depend on the model
@@ -37,6 +39,12 @@ class StepReply:
     rewards: np.ndarray | None  # float32 [h]
     step_index: int
     history: SessionHistory  # the steps this request added (and every re-anchor so far)
+
+
+@dataclass
+class PlanReply:
+    plan: dict  # {"actions", "predicted_rewards", "score", "imagined_frames", "iterations"}
+    history: SessionHistory  # plan may re-anchor the session first
 
 
 @dataclass
@@ -135,6 +143,20 @@ class TritonRolloutClient:
             int(out["STEP_INDEX"][0]),
             SessionHistory.from_dict(self._json(out["HISTORY"])),
         )
+
+    async def observe(self, corrid: int, frames: np.ndarray, actions: np.ndarray) -> StepReply:
+        out = await self._call(
+            "observe",
+            corrid,
+            OBSERVED_FRAMES=np.ascontiguousarray(frames, dtype=np.uint8),
+            ACTIONS=np.ascontiguousarray(actions, dtype=np.float32),
+        )
+        history = SessionHistory.from_dict(self._json(out["HISTORY"]))
+        return StepReply(None, out.get("REWARDS"), int(out["STEP_INDEX"][0]), history)
+
+    async def plan(self, corrid: int, settings: dict) -> PlanReply:
+        out = await self._call("plan", corrid, PLAN_PARAMETERS=np.array([json.dumps(settings).encode()], dtype=object))
+        return PlanReply(self._json(out["PLAN"]), SessionHistory.from_dict(self._json(out["HISTORY"])))
 
     async def imagine(self, corrid: int, action_sequences: np.ndarray, return_frames: bool = False) -> ImagineReply:
         out = await self._call(

@@ -1,4 +1,4 @@
-"""/v1/sessions: create, step, imagine, get, delete (JSON or msgpack, same schemas)."""
+"""/v1/sessions: create, step, observe, imagine, plan, get, delete (JSON or msgpack, same schemas)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ from server.schemas import (
     ErrorBody,
     ImagineRequest,
     ImagineResponse,
+    ObserveRequest,
+    ObserveResponse,
+    PlanRequest,
+    PlanResponse,
     SessionInfo,
     StepRequest,
     StepResponse,
@@ -69,7 +73,7 @@ def _link(operation: str) -> dict:
 CREATED = {
     201: {
         "description": "the new session",
-        "links": {op: _link(op) for op in ("getSession", "step", "imagine", "deleteSession")},
+        "links": {op: _link(op) for op in ("getSession", "step", "observe", "imagine", "plan", "deleteSession")},
     }
 }
 
@@ -134,6 +138,28 @@ async def step(
 
 
 @router.post(
+    "/{session_id}/observe",
+    response_model=ObserveResponse,
+    summary="Append real frames and the actions that led to them",
+    operation_id="observe",
+)
+async def observe(
+    session_id: str,
+    body: ObserveRequest,
+    request: Request,
+    key: Caller,
+    svc: Svc,
+) -> Response:
+    if (forwarded := await maybe_forward(request, svc, key, session_id)) is not None:
+        return forwarded
+    frames = frames_in(body.frames, "frames", svc.info["image_size"])
+    actions = floats_in(body.actions, "actions", 2)
+    out = await svc.observe(key, session_id, frames, actions, body.step_index)
+    payload = {"rewards": floats_out(out.rewards, wants_msgpack(request)), "step_index": out.step_index}
+    return _reply(request, payload)
+
+
+@router.post(
     "/{session_id}/imagine",
     response_model=ImagineResponse,
     summary="K rollouts; the session is unchanged",
@@ -152,3 +178,21 @@ async def imagine(
     out = await svc.imagine(key, session_id, seqs, body.return_frames)
     binary = wants_msgpack(request)
     return _reply(request, {"rewards": floats_out(out.rewards, binary), "frames": frames_out(out.frames, binary)})
+
+
+@router.post(
+    "/{session_id}/plan",
+    response_model=PlanResponse,
+    summary="Model-predictive control: the best action sequence; the session is unchanged",
+    operation_id="plan",
+)
+async def plan(
+    session_id: str,
+    body: PlanRequest,
+    request: Request,
+    key: Caller,
+    svc: Svc,
+) -> Response:
+    if (forwarded := await maybe_forward(request, svc, key, session_id)) is not None:
+        return forwarded
+    return _reply(request, await svc.plan(key, session_id, body.model_dump()))

@@ -1,7 +1,9 @@
 """WS /v1/sessions/{id}/stream: actions in, each predicted frame and reward out as soon as it exists.
 
-Text messages are JSON (frames as base64 PNG), binary messages are msgpack (frames as raw
-uint8 arrays); the reply uses the request message's kind. An error is a message of the same
+A message is a step (``POST .../step``'s fields) or, with ``"type": "observe"``, an observe
+(``POST .../observe``'s fields), answered by one ``observed`` message. Text messages are JSON
+(frames as base64 PNG), binary messages are msgpack (frames as raw uint8 arrays); the reply
+uses the request message's kind. An error is a message of the same
 kind and the socket stays open, except when the service cannot serve at all (Redis down,
 shutting down: 503): then the error message is followed by close code 1013, try again later.
 """
@@ -18,9 +20,9 @@ from redis.exceptions import RedisError
 from server.backends import FrameOut
 from server.deps import api_key, check_key
 from server.errors import ApiError, as_api_error, validation_api_error
-from server.schemas import StepRequest
+from server.schemas import ObserveRequest, StepRequest
 from server.sessions import SessionService
-from server.wire import array_payload, floats_in, png_b64
+from server.wire import array_payload, floats_in, floats_out, frames_in, png_b64
 
 router = APIRouter()
 
@@ -43,6 +45,28 @@ def _decode(message: dict) -> tuple[object, bool]:
         raise ApiError(400, "invalid_body", f"not {'msgpack' if binary else 'JSON'}: {exc}", "body") from None
 
 
+def _kind(raw: object) -> tuple[str, object]:
+    """A message's ``type`` (``step`` when it has none) and its other fields."""
+    if not isinstance(raw, dict) or "type" not in raw:
+        return "step", raw
+    fields = dict(raw)
+    kind = fields.pop("type")
+    if kind not in ("step", "observe"):
+        raise ApiError(422, "invalid_input", f"{kind!r}, expected step (the default) or observe", "type")
+    return kind, fields
+
+
+async def _observe(
+    ws: WebSocket, svc: SessionService, key_id: str, session_id: str, fields: object, binary: bool
+) -> None:
+    req = ObserveRequest.model_validate(fields)
+    frames = frames_in(req.frames, "frames", svc.info["image_size"])
+    actions = floats_in(req.actions, "actions", 2)
+    out = await svc.observe(key_id, session_id, frames, actions, req.step_index, "websocket")
+    reply = {"type": "observed", "step_index": out.step_index, "rewards": floats_out(out.rewards, binary)}
+    await _send(ws, reply, binary)
+
+
 @router.websocket("/v1/sessions/{session_id}/stream")
 async def stream(ws: WebSocket, session_id: str) -> None:
     svc: SessionService = ws.app.state.service
@@ -63,6 +87,10 @@ async def stream(ws: WebSocket, session_id: str) -> None:
             binary = message.get("bytes") is not None
             try:
                 raw, binary = _decode(message)
+                kind, raw = _kind(raw)
+                if kind == "observe":
+                    await _observe(ws, svc, key_id, session_id, raw, binary)
+                    continue
                 req = StepRequest.model_validate(raw)
                 actions = floats_in(req.actions, "actions", 2)
                 want_frames = "frames" in req.return_

@@ -20,6 +20,7 @@ from ivideogpt_client.errors import (
     WorldModelError,
 )
 from ivideogpt_client.grpc_client import GrpcSession, GrpcWorldModelClient
+from ivideogpt_client.plan import Plan
 
 __all__ = [
     "AsyncSession",
@@ -30,6 +31,7 @@ __all__ = [
     "GrpcWorldModelClient",
     "InvalidRequest",
     "PayloadTooLarge",
+    "Plan",
     "ServiceUnavailable",
     "Session",
     "SessionNotFound",

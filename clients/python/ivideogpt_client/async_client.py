@@ -22,6 +22,7 @@ import numpy as np
 
 from ivideogpt_client.client import DEFAULT_URL, auth_headers
 from ivideogpt_client.errors import SessionNotFound, WorldModelError
+from ivideogpt_client.plan import Plan
 from ivideogpt_client.rest import Call, Rest, Transport, sampling
 from ivideogpt_client.retry import Backoff
 
@@ -40,6 +41,18 @@ class AsyncSession:
         out = rest.step_result(await self.client._send(rest.step(self.id, actions, self.step_index, return_frames)))
         self.step_index = out.step_index
         return out.frames, out.rewards
+
+    async def observe(self, frames: Any, actions: Any) -> np.ndarray | None:
+        """Real frames uint8 [n, H, W, 3] and the actions that led to them -> the reward head's float32 [n]."""
+        rest = self.client.rest
+        out = rest.observe_result(await self.client._send(rest.observe(self.id, frames, actions, self.step_index)))
+        self.step_index = out.step_index
+        return out.rewards
+
+    async def plan(self, **settings: Any) -> Plan:
+        """The best action sequence from the current state (see ``Session.plan``); the session is unchanged."""
+        rest = self.client.rest
+        return rest.plan_result(await self.client._send(rest.plan(self.id, settings)))
 
     async def imagine(
         self, action_sequences: Any, return_frames: bool = False

@@ -3,6 +3,7 @@
     ivideogpt serve [--host H] [--port P] [--grpc-port G]        # the gateway (python -m server)
     ivideogpt models [--url U]
     ivideogpt rollout [--url U] [--context F ...] [--actions A.npy|.csv] [--steps N] [--seed S] [--out rollout.gif]
+    ivideogpt plan [--url U] [--context F ...] [--horizon H] [--population K] [--iterations N] [--method cem|mppi]
     ivideogpt bench [--url U] [--sessions N] [--steps H] [--imagine K] [--requests R] [--duration S]
 
 ``--url`` defaults to ``$IVIDEOGPT_URL`` (else http://127.0.0.1:8000), ``--api-key`` to ``$IVIDEOGPT_API_KEY``.
@@ -100,6 +101,26 @@ def rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan(args: argparse.Namespace) -> int:
+    """Open a session on the context, plan from it, print the plan as JSON (and close the session)."""
+    settings = {name: getattr(args, name) for name in ("horizon", "population", "iterations", "elites", "method")}
+    settings.update(seed=args.seed, init_std=args.init_std, discount=args.discount)
+    with WorldModelClient(args.url, args.api_key, args.transport, args.timeout) as client:
+        context = load_context(args.context) if args.context else client.sample_context(episode=args.episode)
+        greedy = None if args.sample else True  # one deterministic future per sequence: scores not left to luck
+        with client.session(context, seed=args.seed, greedy=greedy) as s:
+            result = s.plan(**settings)
+    out = {
+        "actions": result.actions.tolist(),
+        "predicted_rewards": result.predicted_rewards.tolist(),
+        "score": result.score,
+        "imagined_frames": result.imagined_frames,
+        "iterations": result.iterations,
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def models(args: argparse.Namespace) -> int:
     with WorldModelClient(args.url, args.api_key, args.transport, args.timeout) as client:
         print(json.dumps(client.models(), indent=2))
@@ -157,6 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=4.0, help="frames per second of the video (default: %(default)s)")
     p.add_argument("--scale", type=int, default=4, help="upscale factor of the 64x64 frames")
     p.set_defaults(func=rollout)
+
+    p = sub.add_parser("plan", parents=[common], help="the best action sequence from a context, as JSON (CEM or MPPI)")
+    p.add_argument("--context", nargs="+", metavar="FILE", help="context frames (images or .npy); default: held-out")
+    p.add_argument("--episode", type=int, default=0, help="held-out episode for the default context")
+    p.add_argument("--horizon", type=int, help="actions per sequence (default: the gateway's)")
+    p.add_argument("--population", type=int, help="sequences per iteration")
+    p.add_argument("--iterations", type=int, help="refits of the proposal")
+    p.add_argument("--elites", type=int, help="CEM: sequences the proposal is refitted to")
+    p.add_argument("--method", choices=("cem", "mppi"), help="cross-entropy method (default) or MPPI")
+    p.add_argument("--init-std", type=float, help="the first population's spread")
+    p.add_argument("--discount", type=float, help="a sequence scores sum_t discount^t reward_t")
+    p.add_argument("--seed", type=int, default=0, help="the planner's and the session's seed")
+    p.add_argument("--sample", action="store_true", help="sampled futures instead of the greedy ones")
+    p.set_defaults(func=plan)
 
     p = sub.add_parser("bench", parents=[common], help="bounded load: p50/p99 latency and frames/s")
     p.add_argument("--sessions", type=int, default=4, help="sessions open at once (default: %(default)s)")

@@ -7,6 +7,8 @@
 >>> with client.session(context, seed=0) as s:
 ...     frames, rewards = s.step(np.zeros((4, 4), np.float32))     # uint8 [4, 64, 64, 3], float32 [4]
 ...     scores = s.imagine(np.zeros((8, 4, 4), np.float32))        # float32 [8, 4]; the session is unchanged
+...     plan = s.plan(horizon=5, population=32, seed=0)            # plan.actions float32 [5, 4]; unchanged too
+...     rewards = s.observe(camera_frame, plan.actions[0])         # the real frame after running the action
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import httpx
 import numpy as np
 
 from ivideogpt_client.errors import SessionNotFound, WorldModelError
+from ivideogpt_client.plan import Plan
 from ivideogpt_client.rest import Call, Rest, Transport, sampling
 from ivideogpt_client.retry import Backoff
 
@@ -30,8 +33,8 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
 
 
 class Session:
-    """One rollout session. Keeps its ``step_index`` and sends it with every step, so a retried step
-    (lost answer, 5xx, 429) is answered from the gateway's record instead of stepping twice."""
+    """One rollout session. Keeps its ``step_index`` and sends it with every step and observe, so a retried one
+    (lost answer, 5xx, 429) is answered from the gateway's record instead of running twice."""
 
     def __init__(self, client: WorldModelClient, info: dict):
         self.client, self.id = client, info["session_id"]
@@ -45,6 +48,23 @@ class Session:
         out = rest.step_result(self.client._send(rest.step(self.id, actions, self.step_index, return_frames)))
         self.step_index = out.step_index
         return out.frames, out.rewards
+
+    def observe(self, frames: Any, actions: Any) -> np.ndarray | None:
+        """Tell the session what really happened: real ``frames`` uint8 [n, H, W, 3] (one [H, W, 3] is fine)
+        and the ``actions`` float32 [n, action_dim] that led to them -> the reward head's float32 [n]."""
+        rest = self.client.rest
+        out = rest.observe_result(self.client._send(rest.observe(self.id, frames, actions, self.step_index)))
+        self.step_index = out.step_index
+        return out.rewards
+
+    def plan(self, **settings: Any) -> Plan:
+        """The best action sequence from the current state, the session unchanged (CEM or MPPI on the gateway,
+        each iteration one batched imagine of rewards): ``horizon``, ``population``, ``iterations``,
+        ``elites``, ``seed``, ``init_std``, ``init_mean`` [horizon, action_dim] (a warm start),
+        ``action_low`` / ``action_high`` [action_dim], ``discount``, ``method`` ("cem", "mppi"),
+        ``temperature`` (MPPI); those left out take the gateway's defaults (docs/API.md)."""
+        rest = self.client.rest
+        return rest.plan_result(self.client._send(rest.plan(self.id, settings)))
 
     def imagine(self, action_sequences: Any, return_frames: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """K rollouts from the current state, the session unchanged: ``action_sequences`` float32

@@ -25,12 +25,14 @@ import numpy as np
 
 from ivideogpt_client.codec import as_floats, as_frames, from_raw, raw
 from ivideogpt_client.errors import SessionNotFound, WorldModelError, error_from_grpc, error_from_stream
+from ivideogpt_client.plan import Plan, plan_settings
 from ivideogpt_client.proto_gen.worldmodel.v1 import worldmodel_pb2 as pb
 from ivideogpt_client.proto_gen.worldmodel.v1 import worldmodel_pb2_grpc as pb_grpc
 from ivideogpt_client.retry import Backoff
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-IDEMPOTENT = frozenset({"GetModel", "GetSession", "DeleteSession", "Step", "Imagine"})  # Step: always with step_index
+# Step and Observe: always with step_index; Imagine and Plan leave the session unchanged
+IDEMPOTENT = frozenset({"GetModel", "GetSession", "DeleteSession", "Step", "Observe", "Imagine", "Plan"})
 MAX_MESSAGE = 256 << 20  # imagine frames can be large: K x h x 12 KiB
 
 
@@ -81,6 +83,27 @@ class GrpcSession:
         out = self.client._call("Step", req)
         self.step_index = int(out.step_index)
         return array(out.frames), array(out.rewards)
+
+    def observe(self, frames: Any, actions: Any) -> np.ndarray | None:
+        """Real frames uint8 [n, H, W, 3] and the actions that led to them -> the reward head's float32 [n]."""
+        req = pb.ObserveRequest(
+            session_id=self.id,
+            frames=tensor(as_frames(frames, "frames")),
+            actions=tensor(as_floats(actions, 2)),
+            step_index=self.step_index,
+        )
+        out = self.client._call("Observe", req)
+        self.step_index = int(out.step_index)
+        return array(out.rewards)
+
+    def plan(self, **settings: Any) -> Plan:
+        """The best action sequence from the current state (see ``Session.plan``); the session is unchanged."""
+        fields = plan_settings(settings)
+        if "init_mean" in fields:
+            fields["init_mean"] = tensor(np.asarray(fields["init_mean"], np.float32))
+        out = self.client._call("Plan", pb.PlanRequest(session_id=self.id, **fields))
+        iterations = [{"best": i.best, "mean": i.mean} for i in out.iterations]
+        return Plan(array(out.actions), array(out.predicted_rewards), out.score, out.imagined_frames, iterations)
 
     def imagine(self, action_sequences: Any, return_frames: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """float32 [K, h, action_dim] -> rewards [K, h] (or (rewards, frames [K, h, H, W, 3]))."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from ivideogpt_client.codec import as_floats, as_frames, floats_from, frames_from, raw
 from ivideogpt_client.errors import ServiceUnavailable, WorldModelError, error_from_http
+from ivideogpt_client.plan import Plan, plan_settings
 
 Transport = Literal["json", "msgpack"]
 MSGPACK = "application/msgpack"
@@ -89,6 +90,18 @@ class Rest:
             body["step_index"] = step_index
         return Call("POST", f"/v1/sessions/{session_id}/step", body, idempotent=step_index is not None)
 
+    def observe(self, session_id: str, frames: Any, actions: Any, step_index: int | None) -> Call:
+        body: dict[str, Any] = {
+            "frames": self._frames(as_frames(frames, "frames")),
+            "actions": self._floats(as_floats(actions, 2)),
+        }
+        if step_index is not None:
+            body["step_index"] = step_index
+        return Call("POST", f"/v1/sessions/{session_id}/observe", body, idempotent=step_index is not None)
+
+    def plan(self, session_id: str, settings: dict[str, Any]) -> Call:
+        return Call("POST", f"/v1/sessions/{session_id}/plan", plan_settings(settings))  # the session is unchanged
+
     def imagine(self, session_id: str, action_sequences: Any, return_frames: bool) -> Call:
         body = {"action_sequences": self._floats(as_floats(action_sequences, 3)), "return_frames": return_frames}
         return Call("POST", f"/v1/sessions/{session_id}/imagine", body)  # the session is unchanged
@@ -143,6 +156,14 @@ class Rest:
     @staticmethod
     def step_result(body: dict) -> StepResult:
         return StepResult(frames_from(body.get("frames")), floats_from(body.get("rewards")), int(body["step_index"]))
+
+    @staticmethod
+    def observe_result(body: dict) -> StepResult:
+        return StepResult(None, floats_from(body.get("rewards")), int(body["step_index"]))
+
+    @staticmethod
+    def plan_result(body: dict) -> Plan:
+        return Plan.from_json(body)
 
     @staticmethod
     def imagine_result(body: dict, return_frames: bool) -> np.ndarray | tuple[np.ndarray, np.ndarray]:

@@ -33,7 +33,7 @@ class GetModelRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "image_size", "context_frames", "action_dim", "reward_head", "tokens_per_context_frame", "tokens_per_frame", "max_horizon", "max_imagine_sequences", "max_imagine_frames", "sampling_defaults", "action_low", "action_high")
+    __slots__ = ("name", "image_size", "context_frames", "action_dim", "reward_head", "tokens_per_context_frame", "tokens_per_frame", "max_horizon", "max_imagine_sequences", "max_imagine_frames", "sampling_defaults", "action_low", "action_high", "max_plan_frames")
     NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class ModelInfo(_message.Message):
     SAMPLING_DEFAULTS_FIELD_NUMBER: _ClassVar[int]
     ACTION_LOW_FIELD_NUMBER: _ClassVar[int]
     ACTION_HIGH_FIELD_NUMBER: _ClassVar[int]
+    MAX_PLAN_FRAMES_FIELD_NUMBER: _ClassVar[int]
     name: str
     image_size: int
     context_frames: int
@@ -60,7 +61,8 @@ class ModelInfo(_message.Message):
     sampling_defaults: Sampling
     action_low: float
     action_high: float
-    def __init__(self, name: _Optional[str] = ..., image_size: _Optional[int] = ..., context_frames: _Optional[int] = ..., action_dim: _Optional[int] = ..., reward_head: _Optional[bool] = ..., tokens_per_context_frame: _Optional[int] = ..., tokens_per_frame: _Optional[int] = ..., max_horizon: _Optional[int] = ..., max_imagine_sequences: _Optional[int] = ..., max_imagine_frames: _Optional[int] = ..., sampling_defaults: _Optional[_Union[Sampling, _Mapping]] = ..., action_low: _Optional[float] = ..., action_high: _Optional[float] = ...) -> None: ...
+    max_plan_frames: int
+    def __init__(self, name: _Optional[str] = ..., image_size: _Optional[int] = ..., context_frames: _Optional[int] = ..., action_dim: _Optional[int] = ..., reward_head: _Optional[bool] = ..., tokens_per_context_frame: _Optional[int] = ..., tokens_per_frame: _Optional[int] = ..., max_horizon: _Optional[int] = ..., max_imagine_sequences: _Optional[int] = ..., max_imagine_frames: _Optional[int] = ..., sampling_defaults: _Optional[_Union[Sampling, _Mapping]] = ..., action_low: _Optional[float] = ..., action_high: _Optional[float] = ..., max_plan_frames: _Optional[int] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
     __slots__ = ("context_frames", "context_png", "sampling")
@@ -126,6 +128,78 @@ class StepResponse(_message.Message):
     step_index: int
     def __init__(self, frames: _Optional[_Union[Tensor, _Mapping]] = ..., rewards: _Optional[_Union[Tensor, _Mapping]] = ..., step_index: _Optional[int] = ...) -> None: ...
 
+class ObserveRequest(_message.Message):
+    __slots__ = ("session_id", "frames", "actions", "step_index")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    STEP_INDEX_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    frames: Tensor
+    actions: Tensor
+    step_index: int
+    def __init__(self, session_id: _Optional[str] = ..., frames: _Optional[_Union[Tensor, _Mapping]] = ..., actions: _Optional[_Union[Tensor, _Mapping]] = ..., step_index: _Optional[int] = ...) -> None: ...
+
+class ObserveResponse(_message.Message):
+    __slots__ = ("rewards", "step_index")
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    STEP_INDEX_FIELD_NUMBER: _ClassVar[int]
+    rewards: Tensor
+    step_index: int
+    def __init__(self, rewards: _Optional[_Union[Tensor, _Mapping]] = ..., step_index: _Optional[int] = ...) -> None: ...
+
+class PlanRequest(_message.Message):
+    __slots__ = ("session_id", "horizon", "population", "iterations", "elites", "seed", "init_std", "init_mean", "action_low", "action_high", "discount", "method", "temperature")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_FIELD_NUMBER: _ClassVar[int]
+    POPULATION_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    ELITES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    INIT_STD_FIELD_NUMBER: _ClassVar[int]
+    INIT_MEAN_FIELD_NUMBER: _ClassVar[int]
+    ACTION_LOW_FIELD_NUMBER: _ClassVar[int]
+    ACTION_HIGH_FIELD_NUMBER: _ClassVar[int]
+    DISCOUNT_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    horizon: int
+    population: int
+    iterations: int
+    elites: int
+    seed: int
+    init_std: float
+    init_mean: Tensor
+    action_low: _containers.RepeatedScalarFieldContainer[float]
+    action_high: _containers.RepeatedScalarFieldContainer[float]
+    discount: float
+    method: str
+    temperature: float
+    def __init__(self, session_id: _Optional[str] = ..., horizon: _Optional[int] = ..., population: _Optional[int] = ..., iterations: _Optional[int] = ..., elites: _Optional[int] = ..., seed: _Optional[int] = ..., init_std: _Optional[float] = ..., init_mean: _Optional[_Union[Tensor, _Mapping]] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., discount: _Optional[float] = ..., method: _Optional[str] = ..., temperature: _Optional[float] = ...) -> None: ...
+
+class PlanIteration(_message.Message):
+    __slots__ = ("best", "mean")
+    BEST_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    best: float
+    mean: float
+    def __init__(self, best: _Optional[float] = ..., mean: _Optional[float] = ...) -> None: ...
+
+class PlanResponse(_message.Message):
+    __slots__ = ("actions", "predicted_rewards", "score", "imagined_frames", "iterations")
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    IMAGINED_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    actions: Tensor
+    predicted_rewards: Tensor
+    score: float
+    imagined_frames: int
+    iterations: _containers.RepeatedCompositeFieldContainer[PlanIteration]
+    def __init__(self, actions: _Optional[_Union[Tensor, _Mapping]] = ..., predicted_rewards: _Optional[_Union[Tensor, _Mapping]] = ..., score: _Optional[float] = ..., imagined_frames: _Optional[int] = ..., iterations: _Optional[_Iterable[_Union[PlanIteration, _Mapping]]] = ...) -> None: ...
+
 class ImagineRequest(_message.Message):
     __slots__ = ("session_id", "action_sequences", "return_frames")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -145,16 +219,18 @@ class ImagineResponse(_message.Message):
     def __init__(self, rewards: _Optional[_Union[Tensor, _Mapping]] = ..., frames: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class RolloutRequest(_message.Message):
-    __slots__ = ("session_id", "actions", "step_index", "return_frames")
+    __slots__ = ("session_id", "actions", "step_index", "return_frames", "observed_frames")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
     STEP_INDEX_FIELD_NUMBER: _ClassVar[int]
     RETURN_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FRAMES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     actions: Tensor
     step_index: int
     return_frames: bool
-    def __init__(self, session_id: _Optional[str] = ..., actions: _Optional[_Union[Tensor, _Mapping]] = ..., step_index: _Optional[int] = ..., return_frames: _Optional[bool] = ...) -> None: ...
+    observed_frames: Tensor
+    def __init__(self, session_id: _Optional[str] = ..., actions: _Optional[_Union[Tensor, _Mapping]] = ..., step_index: _Optional[int] = ..., return_frames: _Optional[bool] = ..., observed_frames: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("step_index", "frame", "reward")
@@ -185,11 +261,13 @@ class Error(_message.Message):
     def __init__(self, status: _Optional[int] = ..., code: _Optional[str] = ..., field: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RolloutResponse(_message.Message):
-    __slots__ = ("frame", "done", "error")
+    __slots__ = ("frame", "done", "error", "observed")
     FRAME_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FIELD_NUMBER: _ClassVar[int]
     frame: Frame
     done: Done
     error: Error
-    def __init__(self, frame: _Optional[_Union[Frame, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    observed: ObserveResponse
+    def __init__(self, frame: _Optional[_Union[Frame, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., observed: _Optional[_Union[ObserveResponse, _Mapping]] = ...) -> None: ...

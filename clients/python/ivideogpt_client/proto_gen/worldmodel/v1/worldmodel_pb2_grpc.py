@@ -59,10 +59,20 @@ class WorldModelStub:
                 request_serializer=ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.StepRequest.SerializeToString,
                 response_deserializer=ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.StepResponse.FromString,
                 _registered_method=True)
+        self.Observe = channel.unary_unary(
+                '/worldmodel.v1.WorldModel/Observe',
+                request_serializer=ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.ObserveRequest.SerializeToString,
+                response_deserializer=ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.ObserveResponse.FromString,
+                _registered_method=True)
         self.Imagine = channel.unary_unary(
                 '/worldmodel.v1.WorldModel/Imagine',
                 request_serializer=ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.ImagineRequest.SerializeToString,
                 response_deserializer=ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.ImagineResponse.FromString,
+                _registered_method=True)
+        self.Plan = channel.unary_unary(
+                '/worldmodel.v1.WorldModel/Plan',
+                request_serializer=ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.PlanRequest.SerializeToString,
+                response_deserializer=ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.PlanResponse.FromString,
                 _registered_method=True)
         self.Rollout = channel.stream_stream(
                 '/worldmodel.v1.WorldModel/Rollout',
@@ -105,6 +115,13 @@ class WorldModelServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Observe(self, request, context):
+        """Real frames and the actions that led to them into the session (teacher forcing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Imagine(self, request, context):
         """K rollouts from the session's current state; the session is unchanged.
         """
@@ -112,8 +129,16 @@ class WorldModelServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Plan(self, request, context):
+        """Model-predictive control (CEM or MPPI over batched imagines); the session is unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Rollout(self, request_iterator, context):
-        """Actions in, each frame and reward out as soon as it exists; one Done per request.
+        """Actions (or observed frames) in, each frame and reward out as soon as it exists; one Done
+        (or Observed) per request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,10 +172,20 @@ def add_WorldModelServicer_to_server(servicer, server):
                     request_deserializer=ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.StepRequest.FromString,
                     response_serializer=ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.StepResponse.SerializeToString,
             ),
+            'Observe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Observe,
+                    request_deserializer=ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.ObserveRequest.FromString,
+                    response_serializer=ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.ObserveResponse.SerializeToString,
+            ),
             'Imagine': grpc.unary_unary_rpc_method_handler(
                     servicer.Imagine,
                     request_deserializer=ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.ImagineRequest.FromString,
                     response_serializer=ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.ImagineResponse.SerializeToString,
+            ),
+            'Plan': grpc.unary_unary_rpc_method_handler(
+                    servicer.Plan,
+                    request_deserializer=ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.PlanRequest.FromString,
+                    response_serializer=ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.PlanResponse.SerializeToString,
             ),
             'Rollout': grpc.stream_stream_rpc_method_handler(
                     servicer.Rollout,
@@ -304,6 +339,33 @@ class WorldModel:
             _registered_method=True)
 
     @staticmethod
+    def Observe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/worldmodel.v1.WorldModel/Observe',
+            ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.ObserveRequest.SerializeToString,
+            ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.ObserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Imagine(request,
             target,
             options=(),
@@ -320,6 +382,33 @@ class WorldModel:
             '/worldmodel.v1.WorldModel/Imagine',
             ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.ImagineRequest.SerializeToString,
             ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.ImagineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Plan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/worldmodel.v1.WorldModel/Plan',
+            ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.PlanRequest.SerializeToString,
+            ivideogpt__client_dot_proto__gen_dot_worldmodel_dot_v1_dot_worldmodel__pb2.PlanResponse.FromString,
             options,
             channel_credentials,
             insecure,
