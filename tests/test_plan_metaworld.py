@@ -1,5 +1,6 @@
 """clients/examples/plan_metaworld.py in its quick mode: a real Meta-World task (MuJoCo, EGL
-offscreen), a real gateway on loopback, the Python SDK between them."""
+offscreen), a real gateway on loopback, the Python SDK between them: one session per episode,
+a plan per control step, each real frame observed."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import math
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from gateway_helpers import REPO, Gateway
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Gateways
 
@@ -33,22 +36,36 @@ def gw(gateways: Gateways, model_path: Path) -> Gateway:
     return gateways.shared({"IVIDEOGPT_MODEL_DIR": str(model_path)}, grpc=True)
 
 
+def counters(gw: Gateway) -> dict[str, float]:
+    text = httpx.get(f"{gw.url}/metrics", timeout=10).text
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+
+
 def test_quick_mode_plans_against_the_real_environment(gw: Gateway, tmp_path: Path):
     plan = load_example()
     gif, out = tmp_path / "episode.gif", tmp_path / "result.json"
+    before = counters(gw)
     result = plan.main(["--url", gw.url, "--quick", "--json", str(out), "--gif", str(gif)])
+    after = counters(gw)
 
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
-    assert set(result["policies"]) == {"cem", "random", "expert"}
-    for stats in result["policies"].values():
+    assert result["task"] == "button-press-topdown-v3" and result["seeds"] == [0, 1]
+    assert set(result["policies"]) == set(result["per_seed"]) == {"cem", "random", "expert"}
+    for name, stats in result["policies"].items():
         assert stats["episodes"] == 2
         assert 0.0 <= stats["success_rate"] <= 1.0
         assert math.isfinite(stats["return_mean"]) and stats["return_mean"] > 0  # Meta-World's shaped rewards
-    # every planning step (all but the first no-op) asked for K x horizon imagined frames per iteration
-    cem = result["cem"]
-    planned_steps = 2 * (result["steps"] - 1)
-    assert result["imagined_frames"] == planned_steps * cem["iterations"] * cem["samples"] * cem["horizon"]
-    assert [e["seed"] for e in result["episodes"] if e["policy"] == "cem"] == [0, 1]
+        assert stats["return_std"] >= 0 and stats["seconds_per_step"] > 0
+        assert set(result["per_seed"][name]) == {"0", "1"}
+        runs = result["per_seed"][name].values()
+        assert stats["return_mean"] == pytest.approx(np.mean([r["return"] for r in runs]))
+    # every control step but the first (a no-op) planned once and observed its real frame
+    settings, control_steps = result["planner"], 2 * (result["steps"] - 1)
+    per_plan = settings["iterations"] * settings["population"] * settings["horizon"] + settings["horizon"]
+    assert result["policies"]["cem"]["imagined_frames"] == control_steps * per_plan
+    grew = {name: after[name] - before.get(name, 0) for name in after}
+    assert grew["ivideogpt_plan_latency_seconds_count"] == control_steps
+    assert grew["ivideogpt_frames_observed_total"] == control_steps
 
     with Image.open(gif) as img:
         assert img.n_frames == result["steps"] + 1  # the reset frame and one per step
@@ -56,17 +73,20 @@ def test_quick_mode_plans_against_the_real_environment(gw: Gateway, tmp_path: Pa
 
 
 def test_same_seed_same_episode(gw: Gateway):
-    """The episode seeds fix the environment, the random policy and the planner's proposals."""
+    """The episode seeds fix the environment, the random policy and the planner."""
     plan = load_example()
     from ivideogpt_client import WorldModelClient
 
     from training.collect_metaworld import Renderer
 
     env = Renderer("button-press-topdown-v3", resolution=64, camera="corner")
-    cfg = plan.CEMConfig(samples=8, horizon=3, iterations=1, elites=2)
+    settings = plan.PlanSettings(horizon=3, population=8, iterations=1, elites=2)
     try:
         with WorldModelClient(gw.url) as client:
-            runs = [plan.run_episode(env, "cem", plan.CEMPlanner(client, cfg, seed=3), 3, steps=3) for _ in range(2)]
+            runs = [
+                plan.run_episode(env, "cem", plan.ServicePlanner(client, "cem", settings, seed=3), 3, steps=4)
+                for _ in range(2)
+            ]
     finally:
         env.renderer.close()
     assert runs[0].rewards == runs[1].rewards
