@@ -131,7 +131,8 @@ def download(page: Page, button: str) -> bytes:
 
 def test_keys_step_the_session_frames_stream_in_and_rewards_are_plotted(page: Page, gw: Gateway) -> None:
     open_page(page, gw)
-    assert page.is_hidden("#plan")  # this API has no plan operation (yet)
+    # the API plans (/openapi.json lists POST /v1/sessions/{session_id}/plan): the Plan button shows
+    page.wait_for_selector("#plan", state="visible", timeout=WAIT_MS)
     page.select_option("#episode", "7")  # a push-v3 episode
     page.fill("#start", "5")
     page.click("#load-sample")
@@ -201,6 +202,25 @@ def test_imagine_ranks_k_futures_and_steps_the_chosen_one(page: Page, gw: Gatewa
     assert page.locator("#reward-plot circle.point").count() == 3
     first, total = (int(page.inner_text(r).removesuffix(" ms")) for r in ("#first-frame", "#latency"))
     assert first < total  # the first frame was on screen before the request was done
+    with api(gw) as client:
+        assert client.get(f"/v1/sessions/{sid}").json()["step_index"] == 3
+
+
+def test_plan_plays_the_planned_actions(page: Page, gw: Gateway) -> None:
+    """Plan asks the gateway for the best actions over the Imagine horizon, then steps them over the stream."""
+    open_page(page, gw)
+    page.click("#load-sample")
+    page.wait_for_function("document.querySelector('#session-info').textContent.includes('step_index 0')")
+    sid = session_id(page)
+    page.fill("#imagine-h", "3")
+    with api(gw) as client:  # a plan leaves the session as it is, and the same seed gives the same plan
+        seed = client.get(f"/v1/sessions/{sid}").json()["sampling"]["seed"]
+        expected = client.post(f"/v1/sessions/{sid}/plan", json={"horizon": 3, "seed": seed}).json()["actions"]
+    page.click("#plan")
+    wait_frames(page, 3)
+    assert page.locator("#reward-plot circle.point").count() == 3
+    rows = [[float(v) for v in row] for row in csv.reader(io.StringIO(download(page, "#download-csv").decode()))]
+    np.testing.assert_allclose(rows, expected, atol=1e-6)  # the planned actions, played as planned
     with api(gw) as client:
         assert client.get(f"/v1/sessions/{sid}").json()["step_index"] == 3
 
