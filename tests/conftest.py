@@ -11,6 +11,7 @@ import torch
 from gateway_helpers import Gateway, model_dir
 
 from ivideogpt.config import ModelConfig, TokenizerConfig, TransformerConfig, preset
+from ivideogpt.model import WorldModel
 
 
 @pytest.fixture(autouse=True)
@@ -143,4 +144,25 @@ def small_config(action_dim: int = 3, reward_head: bool = True, context_length: 
     return cfg
 
 
-__all__ = ["API_KEY", "Gateways", "ManualClock", "ModelConfig", "TokenizerConfig", "TransformerConfig", "small_config"]
+def small_model(max_positions: int | None = None) -> WorldModel:
+    """``small_config``'s model, seeded, whose actions move its predictions (a fresh action projection is zero)."""
+    torch.manual_seed(0)
+    cfg = small_config()
+    if max_positions:
+        cfg.transformer = dataclasses.replace(cfg.transformer, max_positions=max_positions)
+    model = WorldModel(cfg).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.transformer.action_proj.weight, std=0.5)
+    return model
+
+
+__all__ = [
+    "API_KEY",
+    "Gateways",
+    "ManualClock",
+    "ModelConfig",
+    "TokenizerConfig",
+    "TransformerConfig",
+    "small_config",
+    "small_model",
+]

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from conftest import ManualClock, small_config
+from conftest import ManualClock, small_model
 from ivideogpt.engine import (
     CapacityError,
     EngineConfig,
@@ -21,20 +21,9 @@ from ivideogpt.sampling import SamplingParams
 R = 32  # small_config frames are 32x32, 3-dim actions
 
 
-def make_model(max_positions: int | None = None) -> WorldModel:
-    torch.manual_seed(0)
-    cfg = small_config()
-    if max_positions:
-        cfg.transformer = dataclasses.replace(cfg.transformer, max_positions=max_positions)
-    model = WorldModel(cfg).eval()
-    with torch.no_grad():  # actions start at zero: give them a real effect
-        torch.nn.init.normal_(model.transformer.action_proj.weight, std=0.5)
-    return model
-
-
 @pytest.fixture(scope="module")
 def model() -> WorldModel:
-    return make_model()
+    return small_model()
 
 
 @pytest.fixture
@@ -146,7 +135,7 @@ def test_restore_continues_exactly_like_the_original(model: WorldModel) -> None:
 
 
 def test_long_session_reanchors_and_restores_across_anchors() -> None:
-    model = make_model(max_positions=129 + 17 * 3)  # three future frames per anchor
+    model = small_model(max_positions=129 + 17 * 3)  # three future frames per anchor
     eng = RolloutEngine(model, EngineConfig(cache_bytes=16 << 20))
     sid = eng.open(context(0), SamplingParams(seed=2))
     out = eng.step(sid, actions(6, 8))
@@ -334,7 +323,7 @@ def test_pixels_are_decoded_on_the_pixel_thread_and_their_errors_reach_the_calle
 
 
 def test_bf16_engine_runs(model: WorldModel) -> None:
-    eng = RolloutEngine(make_model(), EngineConfig(cache_bytes=32 << 20, dtype="bfloat16"))
+    eng = RolloutEngine(small_model(), EngineConfig(cache_bytes=32 << 20, dtype="bfloat16"))
     sid = eng.open(context(0))
     out = eng.step(sid, actions(0, 2))
     assert out.frames.dtype == torch.float32 and out.frames.shape == (2, 3, R, R)

@@ -1,12 +1,10 @@
 """Observed frames into a session (``RolloutEngine.observe``): teacher forcing with the tokenizer's own
 tokens, against the model called directly, across re-anchors and restores."""
 
-import dataclasses
-
 import pytest
 import torch
 
-from conftest import small_config
+from conftest import small_model
 from ivideogpt.engine import EngineConfig, InvalidInput, RolloutEngine, SessionHistory
 from ivideogpt.engine.history import unneeded_frames
 from ivideogpt.engine.session import step_generator
@@ -17,20 +15,9 @@ from ivideogpt.transformer import symexp
 R = 32  # small_config: 32x32 frames, 3-dim actions, 2 context frames
 
 
-def make_model(max_positions: int | None = None) -> WorldModel:
-    torch.manual_seed(0)
-    cfg = small_config()
-    if max_positions:
-        cfg.transformer = dataclasses.replace(cfg.transformer, max_positions=max_positions)
-    model = WorldModel(cfg).eval()
-    with torch.no_grad():  # actions start at zero: give them a real effect
-        torch.nn.init.normal_(model.transformer.action_proj.weight, std=0.5)
-    return model
-
-
 @pytest.fixture(scope="module")
 def model() -> WorldModel:
-    return make_model()
+    return small_model()
 
 
 @pytest.fixture
@@ -158,7 +145,7 @@ def test_restore_after_observing_equals_the_live_session(model: WorldModel) -> N
 
 
 def test_reanchoring_across_observed_frames_encodes_the_real_ones() -> None:
-    model = make_model(max_positions=129 + 17 * 3)  # three future frames per anchor
+    model = small_model(max_positions=129 + 17 * 3)  # three future frames per anchor
     eng = RolloutEngine(model, EngineConfig(cache_bytes=16 << 20))
     try:
         sid = eng.open(frames(0, 2), SamplingParams(seed=2))

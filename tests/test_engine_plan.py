@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import small_config
+from conftest import small_config, small_model
 from ivideogpt.engine import EngineConfig, InvalidInput, RolloutEngine
 from ivideogpt.model import WorldModel
 from ivideogpt.planning import PlanSpec
@@ -75,11 +75,7 @@ def test_plan_finds_the_rewarded_direction(toy: RolloutEngine, method: str) -> N
 
 @pytest.fixture(scope="module")
 def model() -> WorldModel:
-    torch.manual_seed(0)
-    m = WorldModel(small_config()).eval()
-    with torch.no_grad():
-        torch.nn.init.normal_(m.transformer.action_proj.weight, std=0.5)
-    return m
+    return small_model()
 
 
 def test_plan_is_seeded_and_leaves_the_session_unchanged(model: WorldModel) -> None:
@@ -107,10 +103,7 @@ def test_plan_is_seeded_and_leaves_the_session_unchanged(model: WorldModel) -> N
 
 
 def test_plan_past_the_anchor_re_anchors_first_like_imagine(model: WorldModel) -> None:
-    cfg = small_config()
-    cfg.transformer = dataclasses.replace(cfg.transformer, max_positions=129 + 17 * 3)
-    torch.manual_seed(0)
-    eng = RolloutEngine(WorldModel(cfg).eval(), EngineConfig(cache_bytes=16 << 20))
+    eng = RolloutEngine(small_model(max_positions=129 + 17 * 3), EngineConfig(cache_bytes=16 << 20))
     try:
         sid = eng.open(context(2), SamplingParams(seed=1))
         eng.step(sid, torch.zeros(2, 3))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tritonclient.grpc.model_config_pb2 import DataType
 
-from conftest import small_config
+from conftest import small_model
 from ivideogpt.checkpoint import save
 from ivideogpt.engine import EngineConfig, RolloutEngine
 from ivideogpt.engine.kv_cache import ForkGroup, SessionRow
@@ -27,11 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def model() -> WorldModel:
-    torch.manual_seed(0)
-    m = WorldModel(small_config()).eval()
-    with torch.no_grad():
-        torch.nn.init.normal_(m.transformer.action_proj.weight, std=0.5)
-    return m
+    return small_model()
 
 
 @pytest.fixture(scope="module")

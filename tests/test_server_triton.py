@@ -43,6 +43,19 @@ def reference(repository: Path, seed: int, steps: list[list[list[float]]], seqs:
         engine.shutdown()
 
 
+def forgotten(triton_server: TritonServer) -> int:
+    """The sessions Triton's model holds once the idle timeout has passed (it forgets idle sequences)."""
+
+    async def held() -> int:
+        client = TritonRolloutClient(triton_server.grpc_url)
+        try:
+            return await sessions_once_idle(client)
+        finally:
+            await client.close_connection()
+
+    return asyncio.run(held())
+
+
 def create(gw: Gateway, seed: int) -> str:
     body = {"context_frames": [png_b64(f) for f in context(seed)], "sampling": {"seed": seed}}
     r = httpx.post(f"{gw.url}/v1/sessions", json=body, timeout=60)
@@ -94,14 +107,7 @@ def test_observe_and_plan_through_the_triton_backend(
     plan = httpx.post(f"{gateway.url}/v1/sessions/{sid}/plan", json=settings, timeout=60)
     assert plan.status_code == 200, plan.text
 
-    async def forgotten() -> int:
-        client = TritonRolloutClient(triton_server.grpc_url)
-        try:
-            return await sessions_once_idle(client)
-        finally:
-            await client.close_connection()
-
-    assert asyncio.run(forgotten()) == 0
+    assert forgotten(triton_server) == 0
     stepped = step(gateway, sid, after, 1)  # rebuilt on Triton from a history holding the observed frame
 
     engine = RolloutEngine.from_repository(triton_repository, EngineConfig(cache_bytes=32 << 20))
@@ -124,14 +130,7 @@ def test_session_idled_out_on_triton_is_restored_transparently(
     a0, a1 = actions(3, 2), actions(4, 2)
     first = step(gateway, sid, a0, 0)
 
-    async def forgotten() -> int:  # Triton and its model forget the sequence after the idle timeout
-        client = TritonRolloutClient(triton_server.grpc_url)
-        try:
-            return await sessions_once_idle(client)
-        finally:
-            await client.close_connection()
-
-    assert asyncio.run(forgotten()) == 0
+    assert forgotten(triton_server) == 0
     second = step(gateway, sid, a1, 2)  # the gateway rebuilds it on Triton from the recorded history
     frames, _, _ = reference(triton_repository, 4, [a0, a1])
     got = np.stack([decode_png_b64(f) for f in first["frames"] + second["frames"]])
