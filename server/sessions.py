@@ -6,9 +6,9 @@ engine state is gone, and idempotent retries by ``step_index`` (of steps and obs
 
 A step or an observe commits as one unit: the engine's copy of a session is trusted only while
 ``_local`` says it equals the recorded history, and it leaves ``_local`` while a step, observe,
-imagine or plan changes it; only a successful history append puts it back. Whatever ends a request in between (Redis
-down, deadline, cancellation) leaves the copy untrusted, and the next request rebuilds it from
-the history. Every wait is bounded (docs/RELIABILITY.md).
+imagine or plan changes it; only a successful history append puts it back. Whatever ends a
+request in between (Redis down, deadline, cancellation) leaves the copy untrusted, and the next
+request rebuilds it from the history. Every wait is bounded (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ W = TypeVar("W")
 
 
 def drainable(method: Callable[..., Awaitable[W]]) -> Callable[..., Awaitable[W]]:
-    """A create, step, observe, imagine or plan: refused once the replica drains (503), and cut with 503 when the drain
-    ends before it does (uvicorn would answer a bare 500 for a request it cuts)."""
+    """A create, step, observe, imagine or plan: refused once the replica drains (503), and cut with 503 when
+    the drain ends before it does (uvicorn would answer a bare 500 for a request it cuts)."""
 
     @functools.wraps(method)
     async def run(self: SessionService, *args: Any, **kwargs: Any) -> W:
@@ -104,7 +104,7 @@ class SessionService:
             settings.max_engine_frames, settings.max_queued_frames, settings.queue_timeout_s, metrics
         )
         self.draining = False  # SIGTERM: no new work
-        self._in_flight: set[asyncio.Timeout] = set()  # the creates, steps, observes, imagines and plans running now
+        self._in_flight: set[asyncio.Timeout] = set()  # the requests running now (the drainable ones)
         self._closed = False  # shut down: no lease may be taken any more
         self._locks: dict[str, asyncio.Lock] = {}
         self._leases: dict[str, LeaseRenewal] = {}  # the sessions whose lease this replica holds now

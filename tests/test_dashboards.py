@@ -108,7 +108,7 @@ def gw(gateways: Gateways, model_path: Path) -> Gateway:
 
 @pytest.fixture(scope="module")
 def session(gw: Gateway):
-    """One open session that has stepped and imagined, so every labelled series exists."""
+    """One open session that has stepped, observed, imagined and planned, so every labelled series exists."""
     with httpx.Client(base_url=gw.url, timeout=60.0) as c:
         frames = [png_b64(f) for f in context(0)]
         r = c.post("/v1/sessions", json={"context_frames": frames, "sampling": {"seed": 0}})
@@ -117,6 +117,10 @@ def session(gw: Gateway):
         assert c.post(f"/v1/sessions/{sid}/step", json={"actions": actions(0, 2)}).status_code == 200
         imagine = {"action_sequences": [actions(1, 2), actions(2, 2)]}
         assert c.post(f"/v1/sessions/{sid}/imagine", json=imagine).status_code == 200
+        observe = {"frames": frames[:1], "actions": actions(3, 1)}
+        assert c.post(f"/v1/sessions/{sid}/observe", json=observe).status_code == 200
+        plan = {"horizon": 2, "population": 4, "iterations": 1}
+        assert c.post(f"/v1/sessions/{sid}/plan", json=plan).status_code == 200
         assert c.get("/v1/sessions/unknown").status_code == 404
         yield c, sid
 
@@ -128,6 +132,10 @@ def test_dashboards_exist_and_cover_the_service():
         "ivideogpt_active_sessions",
         "ivideogpt_step_latency_seconds_bucket",
         "ivideogpt_imagine_latency_seconds_bucket",
+        "ivideogpt_observe_latency_seconds_bucket",
+        "ivideogpt_plan_latency_seconds_bucket",
+        "ivideogpt_frames_observed_total",
+        "ivideogpt_plan_imagined_frames_total",
         "ivideogpt_time_to_first_frame_seconds_bucket",
         "ivideogpt_queue_wait_seconds_bucket",
         "ivideogpt_frames_generated_total",

@@ -20,6 +20,7 @@ import torch
 from ivideogpt.checkpoint import load
 from ivideogpt.engine.config import EngineConfig
 from ivideogpt.engine.errors import InvalidInput, SessionNotFound
+from ivideogpt.engine.history import SessionHistory
 from ivideogpt.engine.inputs import (
     InputLimits,
     check_actions,
@@ -35,8 +36,7 @@ from ivideogpt.engine.loop import EngineLoop, FrameOutput
 from ivideogpt.engine.results import FrameResult, ImagineResult, ObserveResult, StepResult
 from ivideogpt.engine.runner import ModelRunner
 from ivideogpt.engine.scheduler import Request, Scheduler
-from ivideogpt.engine.session import Session, SessionHistory, SessionTable
-from ivideogpt.frames import frame_bytes
+from ivideogpt.engine.session import Session, SessionTable
 from ivideogpt.model import WorldModel
 from ivideogpt.planning import PlanResult, PlanSpec, plan
 from ivideogpt.sampling import SamplingParams
@@ -124,16 +124,10 @@ class RolloutEngine:
         self, context_frames: torch.Tensor | np.ndarray, sampling: SamplingParams | None = None, stream: int = 0
     ) -> str:
         """Encode the context, prefill its cache slot; returns the new session's id."""
-        pixels = check_context(context_frames, self.limits)
-        frames = pixels[None].to(self.device, self.dtype)
-        sampling = check_sampling(sampling)
-        sid = uuid.uuid4().hex
+        pixels, sampling, sid = check_context(context_frames, self.limits), check_sampling(sampling), uuid.uuid4().hex
 
         def build(table: BlockTable) -> Session:
-            ids, features = self.runner.encode_context(frames)
-            history = SessionHistory(ids[0].tolist(), dataclasses.asdict(sampling), stream)
-            history.context_frames = frame_bytes(pixels)
-            return Session.start(sid, self.runner, table, ids, features, sampling, history, self.clock())
+            return Session.open(sid, self.runner, table, pixels, sampling, stream, self.clock())
 
         self.loop.run_exclusive(lambda: self.sessions.add(sid, build))
         return sid
@@ -155,8 +149,9 @@ class RolloutEngine:
         """One predicted frame (and reward) per action row."""
         results = list(self.step_stream(session_id, actions, return_frames))
         frames = torch.stack([r.frame for r in results]) if return_frames else None  # type: ignore[misc]
-        with_rewards = self.cfg.transformer.reward_head
-        rewards = torch.tensor([r.reward for r in results], dtype=torch.float32) if with_rewards else None
+        rewards = None
+        if self.cfg.transformer.reward_head:
+            rewards = torch.tensor([r.reward for r in results], dtype=torch.float32)
         return StepResult(frames=frames, rewards=rewards, step_index=results[-1].step_index + 1)
 
     def step_stream(

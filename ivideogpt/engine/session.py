@@ -12,6 +12,7 @@ thread (``EngineLoop``), the only user of the runner's transformer and the cache
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -25,7 +26,7 @@ from ivideogpt.engine.errors import InvalidInput, SessionNotFound
 from ivideogpt.engine.history import SessionHistory, StepRecord
 from ivideogpt.engine.kv_cache import BlockTable, KVCachePool
 from ivideogpt.engine.runner import ModelRunner
-from ivideogpt.frames import frames_from_bytes
+from ivideogpt.frames import frame_bytes, frames_from_bytes
 from ivideogpt.sampling import SamplingParams
 
 
@@ -79,6 +80,23 @@ class Session:
         session = cls(sid, table, sampling, history, ids, features, recon[0], encoder_features, last_used=now)
         session.prefill_context(runner)
         return session
+
+    @classmethod
+    def open(
+        cls,
+        sid: str,
+        runner: ModelRunner,
+        table: BlockTable,
+        frames: torch.Tensor,
+        sampling: SamplingParams,
+        stream: int,
+        now: float,
+    ) -> Session:
+        """A new session on context frames [c, 3, H, W] (8-bit, float): encoded, kept in its history."""
+        ids, features = runner.encode_context(frames[None].to(runner.device, runner.dtype))
+        history = SessionHistory(ids[0].tolist(), dataclasses.asdict(sampling), stream)
+        history.context_frames = frame_bytes(frames)
+        return cls.start(sid, runner, table, ids, features, sampling, history, now)
 
     @classmethod
     def rebuild(
