@@ -10,7 +10,7 @@ its first action in the real environment, and tells the session the real frame t
 it (``session.observe``), so the next plan starts from what really happened, not from the
 model's guess of it. The same episodes (seeds) run with uniform random actions and with
 Meta-World's scripted expert for comparison; results go to a JSON file, the table is printed
-in Markdown, and one planned episode can be written as a GIF.
+in Markdown, and a planned episode (the first successful one) can be written as a GIF.
 
 The environment is the one the shipped model was trained on (``training.collect_metaworld``:
 v3 task, ``corner`` camera, 64x64, action repeat 2, actions in [-1, 1]); it needs the
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--temperature", type=float, default=PlanSettings.temperature, help="MPPI: of the scores")
     p.add_argument("--quick", action="store_true", help="2 seeds of 8 steps, population 16, horizon 4")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
-    p.add_argument("--gif", type=Path, default=None, help="write the first planned episode here (.gif)")
+    p.add_argument("--gif", type=Path, default=None, help="write a planned episode here (.gif): the first success")
     a = p.parse_args(argv)
     if a.quick:
         a.seeds, a.steps, a.population, a.horizon, a.iterations, a.elites = 2, 8, 16, 4, 2, 4
@@ -274,8 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
                     f"({ep.seconds_per_step:.2f} s / step)",
                     flush=True,
                 )
-        planned = [e for e in episodes if e.policy in PLANNERS]
-        if a.gif and planned:
+        planned = sorted((e for e in episodes if e.policy in PLANNERS), key=lambda e: not e.success)
+        if a.gif and planned:  # the first successful one, else the first one
             episode_gif(client, a.gif, planned[0])
     stats = summary(episodes)
     print(table(a.task, stats))
