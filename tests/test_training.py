@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from conftest import small_config
 from ivideogpt import checkpoint
 from ivideogpt.model import WorldModel
+from ivideogpt.tokens import TokenLayout
 from training import loop, train_tokenizer, train_transformer
 
 SIZE, T = 32, 14
@@ -208,3 +209,18 @@ def test_new_action_dim_gets_a_zero_initialised_layer():
     proj = model.transformer.action_proj
     assert proj.in_features == 2 and not proj.weight.any() and not proj.bias.any()
     model.cfg.validate()
+
+
+def test_max_positions_sets_the_positions_the_model_serves(setup, tokenizer_run):
+    layout = TokenLayout.from_config(checkpoint.load(setup / "init").cfg)
+    trained = layout.sequence_length(2 + 4)  # trm_args' clips: 2 context + 4 future frames
+    run = setup / "trm_positions"
+    args = trm_args(setup, run, 2, "--max-positions", str(trained), "--export", str(setup / "exp_positions"))
+    train_transformer.train(train_transformer.parse_args(args))
+    exported = checkpoint.load(setup / "exp_positions")
+    assert exported.cfg.transformer.max_positions == trained
+    assert layout.max_future_frames(exported.cfg.transformer.max_positions) == 4
+    assert exported.transformer.rope_cos.shape[0] == trained
+    with pytest.raises(ValueError, match="exceeds max_positions"):  # clips longer than the positions
+        too_short = trm_args(setup, setup / "trm_too_short", 2, "--max-positions", str(trained - 1))
+        train_transformer.train(train_transformer.parse_args(too_short))

@@ -15,6 +15,7 @@ resumable: re-running the same command continues from its checkpoint.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import time
 from dataclasses import dataclass
@@ -62,6 +63,13 @@ def build_model(args: argparse.Namespace) -> WorldModel:
     elif not (args.init or args.init_official):
         raise ValueError("a fresh transformer needs a trained tokenizer: pass --tokenizer CHECKPOINT")
     adapt_heads(model.transformer, args.action_dim, args.reward_head)
+    if args.max_positions:  # rotary positions: no weight depends on their number
+        cfg = copy.deepcopy(model.cfg)
+        cfg.transformer.max_positions = args.max_positions
+        cfg.validate()
+        resized = WorldModel(cfg)
+        resized.load_state_dict(model.state_dict())
+        model = resized
     return model
 
 
@@ -261,6 +269,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="tiny", choices=list(PRESETS))
     p.add_argument("--init", default=None, help="start from one of our checkpoints (fine-tuning)")
     p.add_argument("--init-official", default=None, help="start from a published iVideoGPT folder")
+    p.add_argument(
+        "--max-positions",
+        type=int,
+        default=None,
+        help="the transformer's positions (default: the preset's or --init's); the server re-anchors a "
+        "session when they are full, so a model trained on clips of 2 + F frames serves 2 + F per anchor",
+    )
     p.add_argument("--action-dim", type=int, default=None, help="new action dim (new zero-initialised layer)")
     p.add_argument("--reward-head", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--steps", type=int, default=3200)
