@@ -18,12 +18,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from ivideogpt.checkpoint import load
 from ivideogpt.config import preset
 from ivideogpt.engine import EngineConfig, RolloutEngine
 from ivideogpt.model import WorldModel
+from ivideogpt.planning import PlanSpec
 from ivideogpt.sampling import SamplingParams, draw_uniforms, sample_tokens
 from ivideogpt.transformer import KVCache
 from training.export import export
@@ -36,7 +39,10 @@ GOALS = {
     "speedup_imagine_k16": ">= 6",
     "imagine_memory_ratio": "<= 1.2",
     "tiny_frames_per_s_1_torchscript_median": ">= 30",
+    "plan_ms_tiny_k32_h5": "<= 500",
 }
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 
 
 def timed(fn: Callable[[], object], repeat: int = 1) -> float:
@@ -275,7 +281,24 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     report("tiny_frames_per_s_1_torchscript", n / min(runs["torchscript"]))
     report("tiny_frames_per_s_1_torchscript_median", n / statistics.median(runs["torchscript"]))
     report("speedup_torchscript_vs_eager_tiny", min(runs["eager"]) / min(runs["torchscript"]))
+
+    # 10. one plan request on the shipped model, exported with this code, as the gateway serves it
+    report("plan_ms_tiny_k32_h5", plan_ms(args.dtype_name, repeat=3 if quick else 7))
     return out
+
+
+def plan_ms(dtype_name: str, repeat: int) -> float:
+    """Median milliseconds of one plan (CEM, K=32, horizon 5, 2 iterations, rewards only) on the shipped
+    model's TorchScript export (written from this checkout's code, so the figure measures it)."""
+    with tempfile.TemporaryDirectory() as repo:
+        export(load(SHIPPED_MODEL), repo)
+        eng = RolloutEngine.from_repository(repo, EngineConfig(cache_bytes=64 << 20, dtype=dtype_name))
+        sid = eng.open(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+        spec = PlanSpec(horizon=5, population=32, iterations=2)
+        eng.plan(sid, spec)  # warm-up
+        times = [timed(lambda: eng.plan(sid, spec)) for _ in range(repeat)]
+        eng.shutdown()
+    return 1000 * statistics.median(times)
 
 
 def main() -> None:
