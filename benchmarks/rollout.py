@@ -25,6 +25,7 @@ import torch
 from ivideogpt.checkpoint import load
 from ivideogpt.config import preset
 from ivideogpt.engine import EngineConfig, RolloutEngine
+from ivideogpt.int8_linear import int8_transformer
 from ivideogpt.model import WorldModel
 from ivideogpt.planning import PlanSpec
 from ivideogpt.sampling import SamplingParams, draw_uniforms, sample_tokens
@@ -40,6 +41,7 @@ GOALS = {
     "imagine_memory_ratio": "<= 1.2",
     "tiny_frames_per_s_1_torchscript_median": ">= 30",
     "plan_ms_tiny_k32_h5": "<= 500",
+    "decode_int8_speedup": ">= 1.8",
 }
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
@@ -164,6 +166,28 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     report("memory_bandwidth_gb_s", bw / 1e9)
     report("decode_vs_roofline", t_step / (weight_bytes / bw))
 
+    # 2b. the same step on weight-only int8 weights, timed in turn with fp32's
+    int8 = int8_transformer(trm)
+    cache8 = KVCache.empty(trm.cfg, 1, dtype=dtype)
+    with torch.inference_mode():
+        int8.prefill(torch.randint(0, 8192, (1, lay.prelude_length)), cache8)
+        steps = {"fp32": (trm, cache), "int8": (int8, cache8)}
+        best = {name: math.inf for name in steps}
+        for _ in range(2 if quick else 4):
+            for name, (m, c) in steps.items():
+                t = timed(lambda m=m, c=c: [m.logits(m.decode(token, c)) for _ in range(n)]) / n
+                best[name] = min(best[name], t)
+    report("decode_int8_step_ms", 1000 * best["int8"])
+    report("decode_int8_speedup", best["fp32"] / best["int8"])
+    diff, agreement = int8_agreement(model)
+    report("int8_logit_max_abs_diff", diff)
+    report("int8_greedy_agreement", agreement)
+    shipped = load(SHIPPED_MODEL)
+    diff, agreement = int8_agreement(shipped)
+    report("int8_logit_max_abs_diff_tiny", diff)
+    report("int8_greedy_agreement_tiny", agreement)
+    del int8, cache8, shipped
+
     # 3. 32 concurrent sessions at different lengths vs one alone (tokens/s)
     def sessions_speedup(eng: RolloutEngine, n_frames: int, pixels: bool) -> float:
         a = torch.randn(n_frames, eng.cfg.transformer.action_dim)
@@ -285,6 +309,24 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     # 10. one plan request on the shipped model, exported with this code, as the gateway serves it
     report("plan_ms_tiny_k32_h5", plan_ms(args.dtype_name, repeat=3 if quick else 7))
     return out
+
+
+@torch.inference_mode()
+def int8_agreement(model: WorldModel) -> tuple[float, float]:
+    """Weight-only int8 vs fp32 transformer on 4 random sequences (3 future frames): the largest logit
+    difference and the fraction of positions whose greedy next token (argmax) agrees."""
+    trm, lay = model.transformer, model.layout
+    g = torch.Generator().manual_seed(0)
+    ctx = torch.randint(0, lay.context_codebook_size, (4, lay.context_length, lay.context_tokens), generator=g)
+    ids = lay.build(ctx, torch.randint(0, lay.future_codebook_size, (4, 3, lay.future_tokens), generator=g))
+    acts = None
+    if trm.cfg.action_dim:
+        acts = torch.rand(4, lay.context_length + 3, trm.cfg.action_dim, generator=g) * 2 - 1
+    dtype = next(trm.parameters()).dtype
+    ref, _ = trm.float().forward_sequence(ids, lay, acts)
+    got, _ = int8_transformer(trm).forward_sequence(ids, lay, acts)
+    trm.to(dtype)
+    return float((got - ref).abs().max()), float((got.argmax(-1) == ref.argmax(-1)).float().mean())
 
 
 def plan_ms(dtype_name: str, repeat: int) -> float:

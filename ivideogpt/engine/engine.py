@@ -58,6 +58,8 @@ class RolloutEngine:
         self.dtype = self.config.torch_dtype()
         if isinstance(model, WorldModel):
             model = ModelRunner.from_model(model, self.device, self.dtype)
+        if self.config.int8_weights():
+            model = model.with_int8_weights()
         self.runner, self.cfg, self.layout, self.clock = model, model.cfg, model.layout, clock
         trm = self.cfg.transformer
         self.pool = self.runner.allocate_cache(self.config.cache_bytes, self.config.block_size)

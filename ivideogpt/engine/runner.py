@@ -27,10 +27,11 @@ from ivideogpt.engine.transformer_steps import (
     TransformerHeads,
     TransformerPrefill,
 )
+from ivideogpt.int8_linear import int8_transformer
 from ivideogpt.model import WorldModel
 from ivideogpt.sampling import draw_uniforms, sample_tokens
 from ivideogpt.tokens import TokenLayout
-from ivideogpt.transformer import AttentionMetadata
+from ivideogpt.transformer import AttentionMetadata, WorldModelTransformer
 
 CONFIG_FILE = "ivideogpt_config.json"
 MODULES = (
@@ -104,9 +105,34 @@ class ModelRunner:
             modules[name] = torch.jit.load(str(f), map_location=device).to(dtype).eval()
         return cls(cfg, modules, torch.device(device), dtype)
 
+    def with_int8_weights(self) -> ModelRunner:
+        """This runner with its transformer on weight-only int8 products (``ivideogpt.int8_linear``), run
+        eagerly; the tokenizer modules stay as they are (eager or TorchScript). The weights are read back
+        from the transformer modules, so an exported repository serves int8 as well as a checkpoint."""
+        trm = WorldModelTransformer(self.cfg.transformer)
+        wanted = trm.state_dict()
+        weights = {}
+        for name in ("transformer_embed", "transformer_decode", "transformer_heads"):
+            weights.update({k: v for k, v in self.modules[name].state_dict().items() if k in wanted})
+        missing = sorted(set(wanted) - set(weights))
+        if missing:
+            raise ValueError(f"transformer modules lack weights: {', '.join(missing)}")
+        trm.load_state_dict(weights)
+        trm = int8_transformer(trm.to(self.device, self.dtype).eval())
+        modules = {
+            **self.modules,
+            "transformer_embed": TransformerEmbed(trm),
+            "transformer_prefill": TransformerPrefill(trm),
+            "transformer_decode": TransformerDecode(trm),
+            "transformer_heads": TransformerHeads(trm),
+        }
+        return ModelRunner(self.cfg, modules, self.device, self.dtype)
+
     def parameter_count(self) -> int:
-        """Parameters of the eight modules, each shared tensor counted once."""
+        """Parameters of the eight modules (int8 weights included), each shared tensor counted once."""
         unique = {p.data_ptr(): p.numel() for m in self.modules.values() for p in m.parameters()}
+        for m in self.modules.values():
+            unique.update({b.data_ptr(): b.numel() for n, b in m.named_buffers() if n.endswith("weight_int8")})
         return sum(unique.values())
 
     # tokenizer

@@ -58,6 +58,7 @@ def engine_config(settings: Settings) -> EngineConfig:
     return EngineConfig(
         device=settings.device,
         dtype=settings.dtype,
+        weights=settings.weights,
         cache_bytes=settings.cache_bytes,
         session_ttl_s=settings.engine_idle_s,
         max_horizon=max(settings.max_horizon, 1),
