@@ -32,7 +32,7 @@ from ivideogpt.engine.inputs import (
     check_sequences,
 )
 from ivideogpt.engine.kv_cache import BlockTable, ForkGroup
-from ivideogpt.engine.loop import EngineLoop, FrameOutput
+from ivideogpt.engine.loop import End, EngineLoop, FrameOutput
 from ivideogpt.engine.results import FrameResult, ImagineResult, ObserveResult, StepResult
 from ivideogpt.engine.runner import ModelRunner
 from ivideogpt.engine.scheduler import Request, Scheduler
@@ -163,6 +163,32 @@ class RolloutEngine:
         session = self.sessions.get(session_id)
         acts = torch.from_numpy(check_actions(actions, self.limits))
         return self._stream(session, acts, return_frames)
+
+    def step_nowait(
+        self,
+        session_id: str,
+        actions: torch.Tensor | np.ndarray,
+        return_frames: bool,
+        deliver: Callable[[FrameResult | BaseException | None], None],
+    ) -> bool:
+        """Start a step and return at once: ``deliver`` receives each ``FrameResult``, then ``None`` when the step
+        has ended, or its first error instead (and nothing after it). It is called on the engine's threads, so it
+        must only hand the item over (e.g. ``loop.call_soon_threadsafe``). An async caller thus waits for the
+        engine without a worker thread of its own. Inputs are checked at the call (their errors raise here);
+        False, with nothing started, when another request holds the session: use ``step_stream`` then."""
+        session = self.sessions.get(session_id)
+        acts = torch.from_numpy(check_actions(actions, self.limits))
+        if not session.lock.acquire(blocking=False):
+            return False
+        try:
+            self._check_open(session)
+        except BaseException:
+            session.lock.release()
+            raise
+        request = Request(session, 1, acts.shape[0], acts[None], session.sampling, return_frames=return_frames)
+        request.out = _Delivery(session, deliver, self.clock)  # type: ignore[assignment]
+        self.loop.submit(request)
+        return True
 
     def _stream(self, session: Session, acts: torch.Tensor, return_frames: bool) -> Iterator[FrameResult]:
         with session.lock:
@@ -295,3 +321,35 @@ class RolloutEngine:
     def _check_open(session: Session) -> None:
         if session.closed:
             raise SessionNotFound(session.id)
+
+
+class _Delivery:
+    """A step's output queue that hands each item to a callback instead (``RolloutEngine.step_nowait``): frames
+    as ``FrameResult``, the first error, or ``None`` at the end. At the end it also does what a blocking
+    caller would: the session is marked used and its lock released (on the engine's thread, so it happens
+    even when nobody waits any more)."""
+
+    def __init__(
+        self,
+        session: Session,
+        deliver: Callable[[FrameResult | BaseException | None], None],
+        clock: Callable[[], float],
+    ):
+        self.session, self.deliver, self.clock = session, deliver, clock
+        self.failed = False
+
+    def put(self, item: FrameOutput | BaseException | End) -> None:
+        if isinstance(item, End):
+            self.session.last_used = self.clock()
+            self.session.lock.release()
+            if not self.failed:
+                self.deliver(item.error)
+            return
+        if self.failed:
+            return
+        if isinstance(item, BaseException):
+            self.failed = True
+            self.deliver(item)
+            return
+        frame = None if item.frames is None else item.frames[0]
+        self.deliver(FrameResult(item.step_index, frame, None if item.rewards is None else float(item.rewards[0])))
