@@ -308,6 +308,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
     # 10. one plan request on the shipped model, exported with this code, as the gateway serves it
     report("plan_ms_tiny_k32_h5", plan_ms(args.dtype_name, repeat=3 if quick else 7))
+
+    # 11. the pixel options on the shipped model: bf16 pixels, batched imagine frames (each vs the default)
+    for name, value in pixel_options(quick).items():
+        report(name, value)
     return out
 
 
@@ -327,6 +331,35 @@ def int8_agreement(model: WorldModel) -> tuple[float, float]:
     got, _ = int8_transformer(trm).forward_sequence(ids, lay, acts)
     trm.to(dtype)
     return float((got - ref).abs().max()), float((got.argmax(-1) == ref.argmax(-1)).float().mean())
+
+
+def pixel_options(quick: bool) -> dict[str, float]:
+    """The pixel options against the default, on the shipped model: an imagine of K=16 x 2 frames with pixels,
+    the three engines timed in turn; the bf16 frames' PSNR and the batched frames' largest difference."""
+    shipped = load(SHIPPED_MODEL)
+    options = {
+        "default": EngineConfig(cache_bytes=64 << 20),
+        "bf16": EngineConfig(cache_bytes=64 << 20, pixel_dtype="bfloat16"),
+        "batched": EngineConfig(cache_bytes=64 << 20, batched_pixels=True),
+    }
+    engines = {name: RolloutEngine(shipped, config) for name, config in options.items()}
+    seqs = torch.rand(16, 2, shipped.cfg.transformer.action_dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    context = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    sids = {name: eng.open(context) for name, eng in engines.items()}
+    frames = {name: eng.imagine(sids[name], seqs, return_frames=True).frames for name, eng in engines.items()}
+    best = {name: math.inf for name in engines}
+    for _ in range(2 if quick else 4):
+        for name, eng in engines.items():
+            best[name] = min(best[name], timed(lambda e=eng, s=sids[name]: e.imagine(s, seqs, return_frames=True)))
+    for eng in engines.values():
+        eng.shutdown()
+    mse = (frames["bf16"] - frames["default"]).pow(2).mean().item()
+    return {
+        "pixel_bf16_psnr_db_tiny": 10 * math.log10(1 / max(mse, 1e-12)),
+        "imagine_frames_bf16_speedup_k16": best["default"] / best["bf16"],
+        "imagine_frames_batched_max_diff": (frames["batched"] - frames["default"]).abs().max().item(),
+        "imagine_frames_batched_speedup_k16": best["default"] / best["batched"],
+    }
 
 
 def plan_ms(dtype_name: str, repeat: int) -> float:

@@ -60,6 +60,7 @@ class RolloutEngine:
             model = ModelRunner.from_model(model, self.device, self.dtype)
         if self.config.int8_weights():
             model = model.with_int8_weights()
+        model.set_pixel_decoding(self.config.pixel_torch_dtype(), self.config.batched_pixels)
         self.runner, self.cfg, self.layout, self.clock = model, model.cfg, model.layout, clock
         trm = self.cfg.transformer
         self.pool = self.runner.allocate_cache(self.config.cache_bytes, self.config.block_size)

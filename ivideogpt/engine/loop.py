@@ -194,7 +194,7 @@ class EngineLoop:
 
         def decode() -> None:
             try:
-                frames = torch.stack([self.runner.decode_frame(features, ids) for ids in done.tokens])
+                frames = self.runner.decode_frames(features, done.tokens)
                 req.out.put(FrameOutput(done.frame, index, frames, done.rewards))
             except BaseException as exc:  # raised to the caller; the request still runs to its end
                 req.out.put(exc)

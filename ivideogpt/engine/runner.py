@@ -12,6 +12,7 @@ generator, so a row's sample never depends on its batch neighbours.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -58,6 +59,7 @@ class ModelRunner:
         self.cfg, self.modules, self.device, self.dtype = cfg, modules, device, dtype
         self.layout = TokenLayout.from_config(cfg)
         self.pool: KVCachePool | None = None
+        self.pixel_dtype, self.batched_pixels = dtype, False  # ``set_pixel_decoding``
 
     def allocate_cache(self, cache_bytes: int, block_size: int) -> KVCachePool:
         """The KV cache the transformer steps read and write: ``cache_bytes`` of ``block_size``-token blocks."""
@@ -179,6 +181,15 @@ class ModelRunner:
     def heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.modules["transformer_heads"](hidden)
 
+    def set_pixel_decoding(self, dtype: torch.dtype, batched: bool) -> None:
+        """How predicted frames become pixels (``EngineConfig.pixel_dtype``, ``batched_pixels``). A ``dtype``
+        other than the runner's: the future decoder runs on a copy of its weights in that dtype (the anchor's
+        features cast to it). ``batched``: the K frames an imagine's forks finish together decode in one call
+        (each frame then depends on its batch to the last bits)."""
+        if dtype != self.dtype:
+            self.modules["future_decode"] = copy.deepcopy(self.modules["future_decode"]).to(dtype)
+        self.pixel_dtype, self.batched_pixels = dtype, batched
+
     # the engine's work
     @torch.inference_mode()  # also on the pixel thread, whose own grad mode would be on
     def decode_frame(self, features: list[torch.Tensor], raw_tokens: torch.Tensor) -> torch.Tensor:
@@ -187,9 +198,22 @@ class ModelRunner:
         Batch 1: pixel decoding is compute bound, and per-frame decoding keeps a frame's bits
         the same whatever else is decoded.
         """
+        return self.decode_frames(features, raw_tokens[None], batched=False)[0]
+
+    @torch.inference_mode()
+    def decode_frames(
+        self, features: list[torch.Tensor], raw_tokens: torch.Tensor, batched: bool | None = None
+    ) -> torch.Tensor:
+        """Frames [K, 3, H, W] (float, CPU) of K rows' sampled ids [K, F] on one anchor: one frame per call,
+        or all K in one where ``batched`` (default: ``set_pixel_decoding``'s)."""
         lay = self.layout
         future = (raw_tokens.to(self.device) - lay.future_offset).clamp(0, lay.future_codebook_size - 1)
-        return self.decode_future(future[None, None], features)[0, 0].float().cpu()
+        if self.pixel_dtype != self.dtype:
+            features = [f.to(self.pixel_dtype) for f in features]
+        if self.batched_pixels if batched is None else batched:
+            rows = [f.expand(future.shape[0], *f.shape[1:]) for f in features]
+            return self.decode_future(future[:, None], rows)[:, 0].float().cpu()
+        return torch.stack([self.decode_future(ids[None, None], features)[0, 0].float().cpu() for ids in future])
 
     def execute(self, batch: StepBatch) -> StepOutput:
         """One token step: every row's token in, every sampling row's next token and every row's reward out."""

@@ -62,6 +62,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         device=settings.device,
         dtype=settings.dtype,
         weights=settings.weights,
+        pixel_dtype=settings.pixel_dtype,
+        batched_pixels=settings.batched_pixels,
         cache_bytes=settings.cache_bytes,
         session_ttl_s=settings.engine_idle_s,
         max_horizon=max(settings.max_horizon, 1),
