@@ -255,7 +255,7 @@ def test_step_nowait_delivers_what_step_returns_and_frees_the_session(engine: Ro
         engine.step_nowait(sid, torch.zeros(1, 7).numpy(), True, deliver)
     got.clear()
     ended.clear()
-    engine.runner.decode_frame = lambda *a: 1 / 0  # a pixel error arrives instead of the end
+    engine.runner.decode_frames = lambda *a: 1 / 0  # a pixel error arrives instead of the end
     assert engine.step_nowait(sid, actions(6, 2).numpy(), True, deliver)
     assert ended.wait(30) and len(got) == 1 and isinstance(got[0], ZeroDivisionError)
     engine.close(sid)  # the lock is free again once the request ended

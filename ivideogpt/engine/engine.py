@@ -174,7 +174,7 @@ class RolloutEngine:
     ) -> bool:
         """Start a step and return at once: ``deliver`` receives each ``FrameResult``, then ``None`` when the step
         has ended, or its first error instead (and nothing after it). It is called on the engine's threads, so it
-        must only hand the item over (e.g. ``loop.call_soon_threadsafe``). An async caller thus waits for the
+        must be quick and hand the item over (e.g. ``loop.call_soon_threadsafe``). An async caller thus waits for the
         engine without a worker thread of its own. Inputs are checked at the call (their errors raise here);
         False, with nothing started, when another request holds the session: use ``step_stream`` then."""
         session = self.sessions.get(session_id)

@@ -126,25 +126,32 @@ class LocalBackend:
     ) -> StepOut:
         """The engine's frames delivered to the event loop as the engine's threads produce them (no worker
         thread; ``RolloutEngine.step_nowait``), each also handed to ``stream`` at once when someone streams.
-        Where another request holds the engine's session, the blocking call runs in a worker thread instead."""
+        A frame becomes uint8 on the engine's pixel thread, before it crosses: torch work on the event loop's
+        thread woke that thread's own intra-op pool, whose spinning took a core from the engine (a one-frame
+        step took ~6 ms longer on 2 cores). Where another request holds the engine's session, the blocking
+        call runs in a worker thread instead."""
         loop = asyncio.get_running_loop()
         outs: list[FrameOut] = []
         done: asyncio.Future[None] = loop.create_future()
 
-        def take(item: FrameResult | BaseException | None) -> None:  # on the event loop
-            if isinstance(item, FrameResult):
+        def take(item: FrameOut | BaseException | None) -> None:  # on the event loop
+            if isinstance(item, FrameOut):
                 if not outs and first_frame is not None:
                     first_frame()
-                img = None if item.frame is None else to_uint8_hwc(item.frame[None])[0]
-                outs.append(FrameOut(item.step_index, img, item.reward))
+                outs.append(item)
                 if stream is not None:
-                    stream.put_nowait(outs[-1])
+                    stream.put_nowait(item)
             elif not done.done():
                 done.set_exception(item) if item is not None else done.set_result(None)
 
+        def hand_over(item: FrameResult | BaseException | None) -> None:  # on the engine's threads
+            if isinstance(item, FrameResult):
+                img = None if item.frame is None else to_uint8_hwc(item.frame[None])[0]
+                item = FrameOut(item.step_index, img, item.reward)  # type: ignore[assignment]
+            loop.call_soon_threadsafe(take, item)
+
         before = self.engine.step_index(session_id)
-        deliver = lambda item: loop.call_soon_threadsafe(take, item)  # noqa: E731
-        if not self.engine.step_nowait(session_id, actions, return_frames, deliver):
+        if not self.engine.step_nowait(session_id, actions, return_frames, hand_over):
             return await asyncio.to_thread(self._step_blocking, session_id, actions, return_frames, loop, stream)
         await done
         history = self.engine.history(session_id, before)  # the session's lock was released before the end came
