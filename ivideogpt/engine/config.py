@@ -46,6 +46,7 @@ class EngineConfig:
         return torch.bfloat16 if self.pixel_dtype == "bfloat16" else self.torch_dtype()
 
     def int8_weights(self) -> bool:
+        """Whether the transformer runs on int8 weights (``weights``, checked here: the engine asks first)."""
         if self.weights not in ("float32", "int8"):
             raise ValueError(f"weights must be float32 or int8, got {self.weights!r}")
         return self.weights == "int8"

@@ -1,14 +1,11 @@
 """RolloutEngine: the public, thread-safe API of a worker (open, step, observe, imagine, plan, close, restore).
 
-Request threads check their inputs (``inputs.py``) and lock their session, then hand the work
-to the engine loop (``loop.py``), whose token thread alone runs the model, and read what comes
-back. This module keeps the session table: ids, idle eviction, the locks that keep one
-request per session.
+Callers check their inputs (``inputs.py``), lock their session and hand the work to the engine loop (``loop.py``),
+whose token thread alone runs the model; they read what comes back, or get it by callback (``step_nowait``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,8 +29,8 @@ from ivideogpt.engine.inputs import (
     check_sequences,
 )
 from ivideogpt.engine.kv_cache import BlockTable, ForkGroup
-from ivideogpt.engine.loop import End, EngineLoop, FrameOutput
-from ivideogpt.engine.results import FrameResult, ImagineResult, ObserveResult, StepResult
+from ivideogpt.engine.loop import Delivery, EngineLoop, FrameOutput
+from ivideogpt.engine.results import FrameResult, ImagineResult, ObserveResult, StepResult, model_info
 from ivideogpt.engine.runner import ModelRunner
 from ivideogpt.engine.scheduler import Request, Scheduler
 from ivideogpt.engine.session import Session, SessionTable
@@ -58,9 +55,7 @@ class RolloutEngine:
         self.dtype = self.config.torch_dtype()
         if isinstance(model, WorldModel):
             model = ModelRunner.from_model(model, self.device, self.dtype)
-        if self.config.int8_weights():
-            model = model.with_int8_weights()
-        model.set_pixel_decoding(self.config.pixel_torch_dtype(), self.config.batched_pixels)
+        model = model.configured(self.config)
         self.runner, self.cfg, self.layout, self.clock = model, model.cfg, model.layout, clock
         trm = self.cfg.transformer
         self.pool = self.runner.allocate_cache(self.config.cache_bytes, self.config.block_size)
@@ -89,23 +84,7 @@ class RolloutEngine:
 
     # what clients need to know
     def model_info(self) -> dict:
-        tok, trm, lay = self.cfg.tokenizer, self.cfg.transformer, self.layout
-        return {
-            "name": self.cfg.name,
-            "image_size": tok.resolution,
-            "context_frames": tok.context_length,
-            "action_dim": trm.action_dim,
-            "action_low": trm.action_low,
-            "action_high": trm.action_high,
-            "reward_head": trm.reward_head,
-            "tokens_per_context_frame": tok.context_tokens,
-            "tokens_per_frame": tok.future_tokens,
-            "max_positions": trm.max_positions,
-            "frames_per_anchor": lay.max_future_frames(trm.max_positions),
-            "max_horizon": self.config.max_horizon,
-            "max_imagine": self.config.max_imagine,
-            "sampling_defaults": dataclasses.asdict(SamplingParams()),
-        }
+        return model_info(self.cfg, self.layout, self.config)
 
     def stats(self) -> dict:
         return {
@@ -172,22 +151,18 @@ class RolloutEngine:
         return_frames: bool,
         deliver: Callable[[FrameResult | BaseException | None], None],
     ) -> bool:
-        """Start a step and return at once: ``deliver`` receives each ``FrameResult``, then ``None`` when the step
-        has ended, or its first error instead (and nothing after it). It is called on the engine's threads, so it
-        must be quick and hand the item over (e.g. ``loop.call_soon_threadsafe``). An async caller thus waits for the
-        engine without a worker thread of its own. Inputs are checked at the call (their errors raise here);
-        False, with nothing started, when another request holds the session: use ``step_stream`` then."""
+        """Start a step, return at once (an async caller waits without a worker thread): ``deliver`` gets each
+        ``FrameResult``, then ``None``, or the first error instead (``Delivery``), on the engine's threads. Inputs
+        are checked here; False, nothing started, when another request holds the session (use ``step_stream``)."""
         session = self.sessions.get(session_id)
         acts = torch.from_numpy(check_actions(actions, self.limits))
         if not session.lock.acquire(blocking=False):
             return False
-        try:
-            self._check_open(session)
-        except BaseException:
+        if session.closed:
             session.lock.release()
-            raise
+            raise SessionNotFound(session.id)
         request = Request(session, 1, acts.shape[0], acts[None], session.sampling, return_frames=return_frames)
-        request.out = _Delivery(session, deliver, self.clock)  # type: ignore[assignment]
+        request.out = Delivery(session, deliver, self.clock)  # type: ignore[assignment]
         self.loop.submit(request)
         return True
 
@@ -322,35 +297,3 @@ class RolloutEngine:
     def _check_open(session: Session) -> None:
         if session.closed:
             raise SessionNotFound(session.id)
-
-
-class _Delivery:
-    """A step's output queue that hands each item to a callback instead (``RolloutEngine.step_nowait``): frames
-    as ``FrameResult``, the first error, or ``None`` at the end. At the end it also does what a blocking
-    caller would: the session is marked used and its lock released (on the engine's thread, so it happens
-    even when nobody waits any more)."""
-
-    def __init__(
-        self,
-        session: Session,
-        deliver: Callable[[FrameResult | BaseException | None], None],
-        clock: Callable[[], float],
-    ):
-        self.session, self.deliver, self.clock = session, deliver, clock
-        self.failed = False
-
-    def put(self, item: FrameOutput | BaseException | End) -> None:
-        if isinstance(item, End):
-            self.session.last_used = self.clock()
-            self.session.lock.release()
-            if not self.failed:
-                self.deliver(item.error)
-            return
-        if self.failed:
-            return
-        if isinstance(item, BaseException):
-            self.failed = True
-            self.deliver(item)
-            return
-        frame = None if item.frames is None else item.frames[0]
-        self.deliver(FrameResult(item.step_index, frame, None if item.rewards is None else float(item.rewards[0])))

@@ -20,6 +20,7 @@ from torch import nn
 
 from ivideogpt.config import ModelConfig
 from ivideogpt.engine.batch import StepBatch, StepOutput
+from ivideogpt.engine.config import EngineConfig
 from ivideogpt.engine.kv_cache import BlockTable, KVCachePool
 from ivideogpt.engine.tokenizer_steps import ContextDecode, ContextEncode, FutureDecode, FutureEncode
 from ivideogpt.engine.transformer_steps import (
@@ -106,6 +107,12 @@ class ModelRunner:
                 raise FileNotFoundError(f"{path}: missing {f.relative_to(path)}")
             modules[name] = torch.jit.load(str(f), map_location=device).to(dtype).eval()
         return cls(cfg, modules, torch.device(device), dtype)
+
+    def configured(self, config: EngineConfig) -> ModelRunner:
+        """This runner with the options of ``config`` that change how it computes: int8 weights, pixel decoding."""
+        runner = self.with_int8_weights() if config.int8_weights() else self
+        runner.set_pixel_decoding(config.pixel_torch_dtype(), config.batched_pixels)
+        return runner
 
     def with_int8_weights(self) -> ModelRunner:
         """This runner with its transformer on weight-only int8 products (``ivideogpt.int8_linear``), run
