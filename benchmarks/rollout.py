@@ -18,12 +18,16 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from ivideogpt.checkpoint import load
 from ivideogpt.config import preset
 from ivideogpt.engine import EngineConfig, RolloutEngine
+from ivideogpt.int8_linear import int8_transformer
 from ivideogpt.model import WorldModel
+from ivideogpt.planning import PlanSpec
 from ivideogpt.sampling import SamplingParams, draw_uniforms, sample_tokens
 from ivideogpt.transformer import KVCache
 from training.export import export
@@ -36,7 +40,11 @@ GOALS = {
     "speedup_imagine_k16": ">= 6",
     "imagine_memory_ratio": "<= 1.2",
     "tiny_frames_per_s_1_torchscript_median": ">= 30",
+    "plan_ms_tiny_k32_h5": "<= 500",
+    "decode_int8_speedup": ">= 1.8",
 }
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 
 
 def timed(fn: Callable[[], object], repeat: int = 1) -> float:
@@ -158,6 +166,28 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     report("memory_bandwidth_gb_s", bw / 1e9)
     report("decode_vs_roofline", t_step / (weight_bytes / bw))
 
+    # 2b. the same step on weight-only int8 weights, timed in turn with fp32's
+    int8 = int8_transformer(trm)
+    cache8 = KVCache.empty(trm.cfg, 1, dtype=dtype)
+    with torch.inference_mode():
+        int8.prefill(torch.randint(0, 8192, (1, lay.prelude_length)), cache8)
+        steps = {"fp32": (trm, cache), "int8": (int8, cache8)}
+        best = {name: math.inf for name in steps}
+        for _ in range(2 if quick else 4):
+            for name, (m, c) in steps.items():
+                t = timed(lambda m=m, c=c: [m.logits(m.decode(token, c)) for _ in range(n)]) / n
+                best[name] = min(best[name], t)
+    report("decode_int8_step_ms", 1000 * best["int8"])
+    report("decode_int8_speedup", best["fp32"] / best["int8"])
+    diff, agreement = int8_agreement(model)
+    report("int8_logit_max_abs_diff", diff)
+    report("int8_greedy_agreement", agreement)
+    shipped = load(SHIPPED_MODEL)
+    diff, agreement = int8_agreement(shipped)
+    report("int8_logit_max_abs_diff_tiny", diff)
+    report("int8_greedy_agreement_tiny", agreement)
+    del int8, cache8, shipped
+
     # 3. 32 concurrent sessions at different lengths vs one alone (tokens/s)
     def sessions_speedup(eng: RolloutEngine, n_frames: int, pixels: bool) -> float:
         a = torch.randn(n_frames, eng.cfg.transformer.action_dim)
@@ -275,7 +305,75 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     report("tiny_frames_per_s_1_torchscript", n / min(runs["torchscript"]))
     report("tiny_frames_per_s_1_torchscript_median", n / statistics.median(runs["torchscript"]))
     report("speedup_torchscript_vs_eager_tiny", min(runs["eager"]) / min(runs["torchscript"]))
+
+    # 10. one plan request on the shipped model, exported with this code, as the gateway serves it
+    report("plan_ms_tiny_k32_h5", plan_ms(args.dtype_name, repeat=3 if quick else 7))
+
+    # 11. the pixel options on the shipped model: bf16 pixels, batched imagine frames (each vs the default)
+    for name, value in pixel_options(quick).items():
+        report(name, value)
     return out
+
+
+@torch.inference_mode()
+def int8_agreement(model: WorldModel) -> tuple[float, float]:
+    """Weight-only int8 vs fp32 transformer on 4 random sequences (3 future frames): the largest logit
+    difference and the fraction of positions whose greedy next token (argmax) agrees."""
+    trm, lay = model.transformer, model.layout
+    g = torch.Generator().manual_seed(0)
+    ctx = torch.randint(0, lay.context_codebook_size, (4, lay.context_length, lay.context_tokens), generator=g)
+    ids = lay.build(ctx, torch.randint(0, lay.future_codebook_size, (4, 3, lay.future_tokens), generator=g))
+    acts = None
+    if trm.cfg.action_dim:
+        acts = torch.rand(4, lay.context_length + 3, trm.cfg.action_dim, generator=g) * 2 - 1
+    dtype = next(trm.parameters()).dtype
+    ref, _ = trm.float().forward_sequence(ids, lay, acts)
+    got, _ = int8_transformer(trm).forward_sequence(ids, lay, acts)
+    trm.to(dtype)
+    return float((got - ref).abs().max()), float((got.argmax(-1) == ref.argmax(-1)).float().mean())
+
+
+def pixel_options(quick: bool) -> dict[str, float]:
+    """The pixel options against the default, on the shipped model: an imagine of K=16 x 2 frames with pixels,
+    the three engines timed in turn; the bf16 frames' PSNR and the batched frames' largest difference."""
+    shipped = load(SHIPPED_MODEL)
+    options = {
+        "default": EngineConfig(cache_bytes=64 << 20),
+        "bf16": EngineConfig(cache_bytes=64 << 20, pixel_dtype="bfloat16"),
+        "batched": EngineConfig(cache_bytes=64 << 20, batched_pixels=True),
+    }
+    engines = {name: RolloutEngine(shipped, config) for name, config in options.items()}
+    seqs = torch.rand(16, 2, shipped.cfg.transformer.action_dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    context = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    sids = {name: eng.open(context) for name, eng in engines.items()}
+    frames = {name: eng.imagine(sids[name], seqs, return_frames=True).frames for name, eng in engines.items()}
+    best = {name: math.inf for name in engines}
+    for _ in range(2 if quick else 4):
+        for name, eng in engines.items():
+            best[name] = min(best[name], timed(lambda e=eng, s=sids[name]: e.imagine(s, seqs, return_frames=True)))
+    for eng in engines.values():
+        eng.shutdown()
+    mse = (frames["bf16"] - frames["default"]).pow(2).mean().item()
+    return {
+        "pixel_bf16_psnr_db_tiny": 10 * math.log10(1 / max(mse, 1e-12)),
+        "imagine_frames_bf16_speedup_k16": best["default"] / best["bf16"],
+        "imagine_frames_batched_max_diff": (frames["batched"] - frames["default"]).abs().max().item(),
+        "imagine_frames_batched_speedup_k16": best["default"] / best["batched"],
+    }
+
+
+def plan_ms(dtype_name: str, repeat: int) -> float:
+    """Median milliseconds of one plan (CEM, K=32, horizon 5, 2 iterations, rewards only) on the shipped
+    model's TorchScript export (written from this checkout's code, so the figure measures it)."""
+    with tempfile.TemporaryDirectory() as repo:
+        export(load(SHIPPED_MODEL), repo)
+        eng = RolloutEngine.from_repository(repo, EngineConfig(cache_bytes=64 << 20, dtype=dtype_name))
+        sid = eng.open(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+        spec = PlanSpec(horizon=5, population=32, iterations=2)
+        eng.plan(sid, spec)  # warm-up
+        times = [timed(lambda: eng.plan(sid, spec)) for _ in range(repeat)]
+        eng.shutdown()
+    return 1000 * statistics.median(times)
 
 
 def main() -> None:

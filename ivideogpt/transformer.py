@@ -365,20 +365,29 @@ class LlamaLayers(nn.Module):
         return single_query_attention(q.view(h, 1, dh), keys, values, row_mask).view(1, h, dh)
 
     def _forks(self, q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, group: list[int]) -> torch.Tensor:
-        """A fork group's rows over the shared prefix (read once) and each row's own suffix, in one softmax."""
+        """A fork group's rows over the shared prefix (read once) and each row's own suffix, in one softmax.
+
+        No operand is copied: the prefix products are one matrix product per head with the K rows as
+        its M dimension ([H, K, Dh] @ [H, Dh, P]), the suffix products one batched product per head
+        over the suffixes in place. (Per-row products broadcast over the prefix made matmul copy the
+        prefix K times, and the suffixes once per step: most of a K=32 plan's time on ``tiny``.)"""
         n = q.shape[0]
         parent, prefix = group[2], group[3]
         start, stride, length = group[4], group[5], group[6]
         h, dh = self.n_heads, self.head_dim
         prefix_k = pk[:, parent : parent + prefix].to(q.dtype)  # [H, P, Dh], read once
         prefix_v = pv[:, parent : parent + prefix].to(q.dtype)
-        own_k = pk[:, start : start + n * stride].view(h, n, stride, dh)[:, :, : length + 1].transpose(0, 1)
-        own_v = pv[:, start : start + n * stride].view(h, n, stride, dh)[:, :, : length + 1].transpose(0, 1)
-        q4 = q[:, :, None]  # [n, H, 1, Dh]
-        scores = torch.cat([q4 @ prefix_k.transpose(-1, -2), q4 @ own_k.to(q.dtype).transpose(-1, -2)], dim=-1)
+        own_k = pk[:, start : start + n * stride].view(h, n, stride, dh)[:, :, : length + 1].to(q.dtype)
+        own_v = pv[:, start : start + n * stride].view(h, n, stride, dh)[:, :, : length + 1].to(q.dtype)
+        by_head = q.transpose(0, 1)  # [H, n, Dh]
+        prefix_scores = torch.matmul(by_head, prefix_k.transpose(-1, -2))  # [H, n, P]
+        own_scores = torch.stack([torch.bmm(by_head[i, :, None], own_k[i].transpose(-1, -2)) for i in range(h)])
+        scores = torch.cat([prefix_scores, own_scores[:, :, 0]], dim=-1)  # [H, n, P + length + 1]
         probs = (scores.float() * dh**-0.5).softmax(dim=-1).to(q.dtype)
-        out = probs[..., :prefix] @ prefix_v + probs[..., prefix:] @ own_v.to(q.dtype)
-        return out[:, :, 0]
+        out = torch.matmul(probs[:, :, :prefix], prefix_v)  # [H, n, Dh]
+        own_probs = probs[:, :, prefix:]
+        own = torch.stack([torch.bmm(own_probs[i, :, None], own_v[i]) for i in range(h)])  # [H, n, 1, Dh]
+        return (out + own[:, :, 0]).transpose(0, 1)
 
 
 class WorldModelTransformer(LlamaLayers):

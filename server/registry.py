@@ -68,9 +68,13 @@ class Registry(Protocol):
         reanchors: list[int],
         last: bytes | None,
         forget: Sequence[int] = (),
+        touch: SessionRecord | None = None,
+        release: bool = False,
     ) -> bool:
         """Append steps (observed ones with their pixels) and re-anchors, and drop the pixels of the steps in
-        ``forget``, if the session has exactly ``expected`` (steps, re-anchors) and ``replica`` holds its lease."""
+        ``forget``, if the session has exactly ``expected`` (steps, re-anchors) and ``replica`` holds its lease.
+        Having appended, it also does ``touch(touch)`` and, with ``release``, releases the lease: a step's
+        whole record in one Redis round trip."""
         ...
 
     async def last_result(self, sid: str) -> bytes | None: ...
@@ -146,6 +150,8 @@ class MemoryRegistry:
         reanchors: list[int],
         last: bytes | None,
         forget: Sequence[int] = (),
+        touch: SessionRecord | None = None,
+        release: bool = False,
     ) -> bool:
         entry = self._live(sid)
         if entry is None or not self._holds(sid, replica):
@@ -158,6 +164,10 @@ class MemoryRegistry:
             entry.history.steps[i].frame = None
         if last is not None:
             entry.last = last
+        if touch is not None:
+            await self.touch(touch)
+        if release:
+            await self.release_lease(sid, replica)
         return True
 
     async def last_result(self, sid: str) -> bytes | None:
@@ -198,9 +208,10 @@ class MemoryRegistry:
         return None
 
 
-# KEYS: lease, steps, reanchors, last, record, frames
+# KEYS: lease, steps, reanchors, last, record, frames, history head, the key's session set
 # ARGV: replica, expected steps, expected reanchors, n_steps, steps..., n_reanchors, reanchors..., last,
-#       n_frames, (step index, pixels)..., n_forget, step indices...
+#       n_frames, (step index, pixels)..., n_forget, step indices..., record ('' = no touch), expires (ms),
+#       expires (s, the set's score), session id, release ('1': delete the lease)
 _APPEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
 if redis.call('EXISTS', KEYS[5]) == 0 then return -3 end
@@ -217,10 +228,17 @@ local f = tonumber(ARGV[i]); i = i + 1
 for j = 1, f do redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 1]); i = i + 2 end
 local g = tonumber(ARGV[i]); i = i + 1
 for j = 1, g do redis.call('HDEL', KEYS[6], ARGV[i]); i = i + 1 end
-local ttl = redis.call('PTTL', KEYS[5])
-if ttl > 0 then
-  for _, k in ipairs({2, 3, 4, 6}) do redis.call('PEXPIRE', KEYS[k], ttl) end
+if ARGV[i] ~= '' then
+  redis.call('SET', KEYS[5], ARGV[i], 'XX')
+  for _, k in ipairs({5, 7, 2, 3, 4, 6}) do redis.call('PEXPIREAT', KEYS[k], ARGV[i + 1]) end
+  redis.call('ZADD', KEYS[8], 'XX', ARGV[i + 2], ARGV[i + 3])
+else
+  local ttl = redis.call('PTTL', KEYS[5])
+  if ttl > 0 then
+    for _, k in ipairs({2, 3, 4, 6}) do redis.call('PEXPIRE', KEYS[k], ttl) end
+  end
 end
+if ARGV[i + 4] == '1' then redis.call('DEL', KEYS[1]) end
 return redis.call('LLEN', KEYS[2])
 """
 
@@ -337,12 +355,20 @@ class RedisRegistry:
         reanchors: list[int],
         last: bytes | None,
         forget: Sequence[int] = (),
+        touch: SessionRecord | None = None,
+        release: bool = False,
     ) -> bool:
-        keys = [self._k(k, sid) for k in ("lease", "steps", "reanchors", "last", "rec", "frames")]
+        keys = [self._k(k, sid) for k in ("lease", "steps", "reanchors", "last", "rec", "frames", "hist")]
+        keys.append(self._k("key", touch.key_id if touch is not None else ""))
         args: list = [replica, *expected, len(steps), *(_step_json(s) for s in steps)]
         args += [len(reanchors), *reanchors, last or b""]
         frames = [(i, s.frame) for i, s in enumerate(steps, expected[0]) if s.frame is not None and i not in forget]
         args += [len(frames), *(x for pair in frames for x in pair), len(forget), *forget]
+        if touch is None:
+            args += ["", 0, 0, sid]
+        else:
+            args += [json.dumps(asdict(touch)), int(touch.expires * 1000), repr(touch.expires), sid]
+        args.append("1" if release else "0")
         return int(await self._append(keys=keys, args=args)) >= 0
 
     async def last_result(self, sid: str) -> bytes | None:

@@ -108,6 +108,7 @@ class SessionService:
         self._closed = False  # shut down: no lease may be taken any more
         self._locks: dict[str, asyncio.Lock] = {}
         self._leases: dict[str, LeaseRenewal] = {}  # the sessions whose lease this replica holds now
+        self._released: set[str] = set()  # sessions whose lease the history append released (``_commit``)
         # what this replica's engine holds of each session: (steps, re-anchors) it was built with
         self._local: dict[str, tuple[int, int]] = {}
 
@@ -360,9 +361,13 @@ class SessionService:
         return rec
 
     async def _touch(self, rec: SessionRecord) -> None:
+        self._renew_record(rec)
+        await self.registry.touch(rec)
+
+    def _renew_record(self, rec: SessionRecord) -> None:
+        """``rec`` as a request of this replica leaves it: expiring a TTL from now, owned here."""
         rec.expires = self.clock() + self.settings.session_ttl_s
         rec.owner, rec.owner_addr = self.replica, self.settings.address()
-        await self.registry.touch(rec)
 
     @contextlib.asynccontextmanager
     async def _session(self, sid: str) -> AsyncIterator[None]:
@@ -390,7 +395,10 @@ class SessionService:
             finally:
                 if not await renewal.stop(s.redis_timeout_s):
                     log.warning("lease renewal of %s still in a Redis command; releasing the lease anyway", sid)
-                await self.registry.release_lease(sid, self.replica)
+                if sid in self._released:  # the history append released it (one round trip per step)
+                    self._released.discard(sid)
+                else:
+                    await self.registry.release_lease(sid, self.replica)
                 self._leases.pop(sid, None)
         finally:
             lock.release()
@@ -463,11 +471,13 @@ class SessionService:
         steps, reanchors = hist.steps, hist.reanchors[known_reanchors:]
         forget = unneeded_frames(n, n + len(steps), hist.reanchors, self.info["context_frames"])
         packed = None if last is None else msgpack.packb(last)
-        if not await self.registry.append(sid, self.replica, (n, known_reanchors), steps, reanchors, packed, forget):
+        expected = (n, known_reanchors)
+        self._renew_record(rec)  # the append touches it and releases the lease: the step's one round trip
+        if not await self.registry.append(sid, self.replica, expected, steps, reanchors, packed, forget, rec, True):
             await self._drop_local(sid)
             raise ApiError(409, "conflict", "the session changed during this request: retry", "step_index", 1.0)
+        self._released.add(sid)
         self._local[sid] = (n + len(steps), len(hist.reanchors))
-        await self._touch(rec)
 
     async def _commit_reanchors(
         self, sid: str, rec: SessionRecord, n: int, steps: int, known_reanchors: int, reanchors: list[int]

@@ -27,6 +27,17 @@ class Settings(BaseSettings):
     triton_url: str | None = Field(None, description="Triton gRPC address for the triton backend")
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    weights: Literal["float32", "int8"] = Field(
+        "float32",
+        description="int8: the transformer's products on weight-only int8 weights with per-channel scales (CPU; "
+        "faster decode steps of large models, frames no longer bit-equal to float32's; docs/SETTINGS.md)",
+    )
+    pixel_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="bfloat16: predicted frames' pixels decoded on bf16 weights (docs/SETTINGS.md)"
+    )
+    batched_pixels: bool = Field(
+        False, description="decode an imagine's K frames of one step in one call (frames equal within 1e-5)"
+    )
     cache_bytes: int = Field(1 << 30, description="KV cache budget of the local engine")
     torch_threads: int | None = Field(
         None,

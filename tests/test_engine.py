@@ -229,6 +229,38 @@ def test_step_stream_yields_frames_one_by_one(engine: RolloutEngine) -> None:
     assert engine.step(sid, actions(2, 1)).step_index == 8
 
 
+def test_step_nowait_delivers_what_step_returns_and_frees_the_session(engine: RolloutEngine) -> None:
+    """The non-blocking step (the gateway's): the same frames and rewards as ``step`` on a twin session, then
+    None; the session is busy while it runs and free (and marked used) after; errors come instead of the end."""
+    twin = engine.open(context(3), SamplingParams(seed=9))
+    ref = engine.step(twin, actions(4, 3))
+    sid = engine.open(context(3), SamplingParams(seed=9))
+    got: list = []
+    ended = threading.Event()
+
+    def deliver(item) -> None:
+        got.append(item)
+        if not hasattr(item, "step_index"):
+            ended.set()
+
+    with engine.sessions.get(sid).lock:  # another request holds the session: nothing starts
+        assert not engine.step_nowait(sid, actions(4, 1).numpy(), True, deliver)
+    assert engine.step_nowait(sid, actions(4, 3).numpy(), True, deliver)
+    assert ended.wait(30) and got[-1] is None and len(got) == 4
+    assert torch.equal(torch.stack([r.frame for r in got[:3]]), ref.frames)
+    assert [r.reward for r in got[:3]] == ref.rewards.tolist() and [r.step_index for r in got[:3]] == [0, 1, 2]
+    assert engine.history(sid).to_dict()["steps"] == engine.history(twin).to_dict()["steps"]
+    assert engine.step(sid, actions(5, 1)).step_index == 4  # the lock was released
+    with pytest.raises(InvalidInput):  # inputs are checked at the call
+        engine.step_nowait(sid, torch.zeros(1, 7).numpy(), True, deliver)
+    got.clear()
+    ended.clear()
+    engine.runner.decode_frames = lambda *a: 1 / 0  # a pixel error arrives instead of the end
+    assert engine.step_nowait(sid, actions(6, 2).numpy(), True, deliver)
+    assert ended.wait(30) and len(got) == 1 and isinstance(got[0], ZeroDivisionError)
+    engine.close(sid)  # the lock is free again once the request ended
+
+
 def test_shutdown_fails_work_in_flight_and_after_instead_of_leaving_it_waiting(model: WorldModel) -> None:
     """A gateway shutting down may still have engine calls in flight: none may wait for ever."""
     eng = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20))

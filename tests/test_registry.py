@@ -107,3 +107,36 @@ def test_observed_pixels_are_kept_while_needed_and_dropped_after(prefix: str, ki
             await registry.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_an_append_can_touch_the_record_and_release_the_lease_in_the_same_call(prefix: str, kind: str) -> None:
+    """A step's whole record in one round trip: the append, the record's new expiry and owner (as ``touch``), and
+    the lease released; refused (nothing touched, the lease kept) when the append is."""
+
+    async def main() -> None:
+        registry = MemoryRegistry() if kind == "memory" else RedisRegistry(REDIS_URL, prefix)
+        try:
+            now = time.time()
+            rec = SessionRecord("s", "k", "tiny", {}, now, now + 60)
+            await registry.create(rec, SessionHistory([[1, 2]], {}, 0))
+            assert await registry.acquire_lease("s", "me", 10.0)
+            step = StepRecord([0.1], [3] * 16, 0.5)
+            later = SessionRecord("s", "k", "tiny", {}, now, now + 600, owner="me", owner_addr="http://me")
+            assert not await registry.append("s", "me", (1, 0), [step], [], None, touch=later, release=True)
+            assert (await registry.get("s")).expires == now + 60  # type: ignore[union-attr]
+            assert not await registry.acquire_lease("s", "other", 10.0)  # still ours
+            assert await registry.append("s", "me", (0, 0), [step], [], b"last", touch=later, release=True)
+            got = await registry.get("s")
+            assert got is not None and got.expires == now + 600 and got.owner == "me"
+            assert await registry.step_count("s") == 1 and await registry.last_result("s") == b"last"
+            assert await registry.acquire_lease("s", "other", 10.0)  # released
+            if isinstance(registry, RedisRegistry):  # every key of the session expires with the record
+                ttls = [await registry.redis.pttl(k) for k in registry._session_keys("s")]
+                assert all(590_000 < t <= 600_000 for t in ttls if t != -2) and len([t for t in ttls if t > 0]) >= 4
+                assert await registry.redis.zscore(registry._k("key", "k"), "s") == pytest.approx(now + 600)
+            assert await registry.count_sessions("k") == 1
+        finally:
+            await registry.close()
+
+    asyncio.run(main())

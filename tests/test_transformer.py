@@ -6,6 +6,7 @@ import transformers
 from conftest import small_config
 from ivideogpt.checkpoint import convert_official_transformer
 from ivideogpt.config import TransformerConfig
+from ivideogpt.engine.transformer_steps import TransformerDecode
 from ivideogpt.model import WorldModel
 from ivideogpt.tokens import TokenLayout
 from ivideogpt.transformer import KVCache, WorldModelTransformer, additive_mask, single_query_attention
@@ -156,3 +157,24 @@ def test_single_query_attention_matches_sdpa(scripted: bool) -> None:
     keys = pool[:, 10:30]
     ref3 = F.scaled_dot_product_attention(q[0], keys, keys)
     assert (fn(q[0], keys, keys) - ref3).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("scripted", [False, True])
+@torch.no_grad()
+def test_fork_rows_attend_to_the_shared_prefix_and_their_own_suffix(scripted: bool) -> None:
+    """Each fork row's attention = SDPA over [prefix; its own suffix], with the prefix and the K suffixes
+    strided runs of one pool (the per-head products that read the prefix once must not mix rows up)."""
+    trm, _ = make_model()
+    h, dh = trm.n_heads, trm.head_dim
+    k, prefix, stride, length = 5, 23, 9, 6  # each row has ``length`` suffix tokens, plus the new one
+    pool_k, pool_v = torch.randn(h, 200, dh), torch.randn(h, 200, dh)
+    parent, start = 7, 80
+    q = torch.randn(k, h, dh)
+    forks = torch.jit.script(TransformerDecode(trm))._forks if scripted else trm._forks
+    out = forks(q, pool_k, pool_v, [0, k, parent, prefix, start, stride, length])
+    for row in range(k):
+        own = slice(start + row * stride, start + row * stride + length + 1)
+        keys = torch.cat([pool_k[:, parent : parent + prefix], pool_k[:, own]], dim=1)  # [H, S, Dh]
+        values = torch.cat([pool_v[:, parent : parent + prefix], pool_v[:, own]], dim=1)
+        ref = F.scaled_dot_product_attention(q[row][:, None], keys, values)[:, 0]
+        assert (out[row] - ref).abs().max() <= 1e-5, row

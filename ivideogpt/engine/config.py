@@ -13,6 +13,14 @@ SMALL_MODEL_PARAMETERS = 50_000_000  # tiny: 7.9M; the published 64x64 models: 2
 class EngineConfig:
     device: str = "cpu"
     dtype: str = "float32"  # or "bfloat16"
+    # "int8": the transformer's products on weight-only int8 weights with per-channel scales
+    # (``ivideogpt.int8_linear``; CPU; frames differ from fp32's, within the bounds its tests state)
+    weights: str = "float32"
+    # predicted frames' pixels: "bfloat16" runs the future decoder on bf16 weights (faster on CPUs with
+    # bf16 support; frames within the PSNR its tests state); batched_pixels decodes an imagine's K
+    # frames of one step in one call (frames equal the one-by-one path's within 1e-5)
+    pixel_dtype: str = "float32"
+    batched_pixels: bool = False
     # KV cache budget; each session reserves one contiguous slot of max_positions tokens
     cache_bytes: int = 1 << 30
     block_size: int = 16  # tokens per cache block
@@ -30,6 +38,18 @@ class EngineConfig:
         if self.dtype not in dtypes:
             raise ValueError(f"dtype must be one of {', '.join(dtypes)}, got {self.dtype!r}")
         return dtypes[self.dtype]
+
+    def pixel_torch_dtype(self) -> torch.dtype:
+        """The future decoder's dtype: ``pixel_dtype``, or the engine's own where that is not float32."""
+        if self.pixel_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"pixel_dtype must be float32 or bfloat16, got {self.pixel_dtype!r}")
+        return torch.bfloat16 if self.pixel_dtype == "bfloat16" else self.torch_dtype()
+
+    def int8_weights(self) -> bool:
+        """Whether the transformer runs on int8 weights (``weights``, checked here: the engine asks first)."""
+        if self.weights not in ("float32", "int8"):
+            raise ValueError(f"weights must be float32 or int8, got {self.weights!r}")
+        return self.weights == "int8"
 
     def intra_op_threads(self, parameters: int) -> int:
         """``threads``, or for 0: half of torch's threads (one per core) for a small model, all for a large one.

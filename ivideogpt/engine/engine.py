@@ -1,14 +1,11 @@
 """RolloutEngine: the public, thread-safe API of a worker (open, step, observe, imagine, plan, close, restore).
 
-Request threads check their inputs (``inputs.py``) and lock their session, then hand the work
-to the engine loop (``loop.py``), whose token thread alone runs the model, and read what comes
-back. This module keeps the session table: ids, idle eviction, the locks that keep one
-request per session.
+Callers check their inputs (``inputs.py``), lock their session and hand the work to the engine loop (``loop.py``),
+whose token thread alone runs the model; they read what comes back, or get it by callback (``step_nowait``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,8 +29,8 @@ from ivideogpt.engine.inputs import (
     check_sequences,
 )
 from ivideogpt.engine.kv_cache import BlockTable, ForkGroup
-from ivideogpt.engine.loop import EngineLoop, FrameOutput
-from ivideogpt.engine.results import FrameResult, ImagineResult, ObserveResult, StepResult
+from ivideogpt.engine.loop import Delivery, EngineLoop, FrameOutput
+from ivideogpt.engine.results import FrameResult, ImagineResult, ObserveResult, StepResult, model_info
 from ivideogpt.engine.runner import ModelRunner
 from ivideogpt.engine.scheduler import Request, Scheduler
 from ivideogpt.engine.session import Session, SessionTable
@@ -58,6 +55,7 @@ class RolloutEngine:
         self.dtype = self.config.torch_dtype()
         if isinstance(model, WorldModel):
             model = ModelRunner.from_model(model, self.device, self.dtype)
+        model = model.configured(self.config)
         self.runner, self.cfg, self.layout, self.clock = model, model.cfg, model.layout, clock
         trm = self.cfg.transformer
         self.pool = self.runner.allocate_cache(self.config.cache_bytes, self.config.block_size)
@@ -86,23 +84,7 @@ class RolloutEngine:
 
     # what clients need to know
     def model_info(self) -> dict:
-        tok, trm, lay = self.cfg.tokenizer, self.cfg.transformer, self.layout
-        return {
-            "name": self.cfg.name,
-            "image_size": tok.resolution,
-            "context_frames": tok.context_length,
-            "action_dim": trm.action_dim,
-            "action_low": trm.action_low,
-            "action_high": trm.action_high,
-            "reward_head": trm.reward_head,
-            "tokens_per_context_frame": tok.context_tokens,
-            "tokens_per_frame": tok.future_tokens,
-            "max_positions": trm.max_positions,
-            "frames_per_anchor": lay.max_future_frames(trm.max_positions),
-            "max_horizon": self.config.max_horizon,
-            "max_imagine": self.config.max_imagine,
-            "sampling_defaults": dataclasses.asdict(SamplingParams()),
-        }
+        return model_info(self.cfg, self.layout, self.config)
 
     def stats(self) -> dict:
         return {
@@ -161,6 +143,28 @@ class RolloutEngine:
         session = self.sessions.get(session_id)
         acts = torch.from_numpy(check_actions(actions, self.limits))
         return self._stream(session, acts, return_frames)
+
+    def step_nowait(
+        self,
+        session_id: str,
+        actions: torch.Tensor | np.ndarray,
+        return_frames: bool,
+        deliver: Callable[[FrameResult | BaseException | None], None],
+    ) -> bool:
+        """Start a step, return at once (an async caller waits without a worker thread): ``deliver`` gets each
+        ``FrameResult``, then ``None``, or the first error instead (``Delivery``), on the engine's threads. Inputs
+        are checked here; False, nothing started, when another request holds the session (use ``step_stream``)."""
+        session = self.sessions.get(session_id)
+        acts = torch.from_numpy(check_actions(actions, self.limits))
+        if not session.lock.acquire(blocking=False):
+            return False
+        if session.closed:
+            session.lock.release()
+            raise SessionNotFound(session.id)
+        request = Request(session, 1, acts.shape[0], acts[None], session.sampling, return_frames=return_frames)
+        request.out = Delivery(session, deliver, self.clock)  # type: ignore[assignment]
+        self.loop.submit(request)
+        return True
 
     def _stream(self, session: Session, acts: torch.Tensor, return_frames: bool) -> Iterator[FrameResult]:
         with session.lock:

@@ -26,8 +26,10 @@ import torch
 from ivideogpt.engine.config import use_intra_op_threads
 from ivideogpt.engine.errors import EngineStopped
 from ivideogpt.engine.history import StepRecord
+from ivideogpt.engine.results import FrameResult
 from ivideogpt.engine.runner import ModelRunner
 from ivideogpt.engine.scheduler import Finished, FrameDone, Request, Scheduler
+from ivideogpt.engine.session import Session
 from ivideogpt.frames import frame_bytes
 
 
@@ -194,7 +196,7 @@ class EngineLoop:
 
         def decode() -> None:
             try:
-                frames = torch.stack([self.runner.decode_frame(features, ids) for ids in done.tokens])
+                frames = self.runner.decode_frames(features, done.tokens)
                 req.out.put(FrameOutput(done.frame, index, frames, done.rewards))
             except BaseException as exc:  # raised to the caller; the request still runs to its end
                 req.out.put(exc)
@@ -226,3 +228,35 @@ class EngineLoop:
                 item[1].set_exception(error)
         for finished in pending:
             self._finish(finished)
+
+
+class Delivery:
+    """A request's output queue that hands each item to a callback instead (``RolloutEngine.step_nowait``):
+    frames as ``FrameResult``, the first error, or ``None`` at the end. The callback runs on the engine's
+    threads, so it must be quick. At the end this also does what a blocking caller would: the session is
+    marked used and its lock released (on the engine's thread, so it happens even when nobody waits)."""
+
+    def __init__(
+        self,
+        session: Session,
+        deliver: Callable[[FrameResult | BaseException | None], None],
+        clock: Callable[[], float],
+    ):
+        self.session, self.deliver, self.clock = session, deliver, clock
+        self.failed = False
+
+    def put(self, item: FrameOutput | BaseException | End) -> None:
+        if isinstance(item, End):
+            self.session.last_used = self.clock()
+            self.session.lock.release()
+            if not self.failed:
+                self.deliver(item.error)
+            return
+        if self.failed:
+            return
+        if isinstance(item, BaseException):
+            self.failed = True
+            self.deliver(item)
+            return
+        frame = None if item.frames is None else item.frames[0]
+        self.deliver(FrameResult(item.step_index, frame, None if item.rewards is None else float(item.rewards[0])))

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
+
+from ivideogpt.config import ModelConfig
+from ivideogpt.engine.config import EngineConfig
+from ivideogpt.sampling import SamplingParams
+from ivideogpt.tokens import TokenLayout
 
 
 @dataclass
@@ -31,3 +37,24 @@ class ObserveResult:
 class ImagineResult:
     rewards: torch.Tensor | None  # [K, h]
     frames: torch.Tensor | None  # [K, h, 3, H, W] when asked for
+
+
+def model_info(cfg: ModelConfig, layout: TokenLayout, config: EngineConfig) -> dict:
+    """What a client needs to know of the served model and the engine's limits (``RolloutEngine.model_info``)."""
+    tok, trm = cfg.tokenizer, cfg.transformer
+    return {
+        "name": cfg.name,
+        "image_size": tok.resolution,
+        "context_frames": tok.context_length,
+        "action_dim": trm.action_dim,
+        "action_low": trm.action_low,
+        "action_high": trm.action_high,
+        "reward_head": trm.reward_head,
+        "tokens_per_context_frame": tok.context_tokens,
+        "tokens_per_frame": tok.future_tokens,
+        "max_positions": trm.max_positions,
+        "frames_per_anchor": layout.max_future_frames(trm.max_positions),
+        "max_horizon": config.max_horizon,
+        "max_imagine": config.max_imagine,
+        "sampling_defaults": dataclasses.asdict(SamplingParams()),
+    }

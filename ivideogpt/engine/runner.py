@@ -12,6 +12,7 @@ generator, so a row's sample never depends on its batch neighbours.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 
 from ivideogpt.config import ModelConfig
 from ivideogpt.engine.batch import StepBatch, StepOutput
+from ivideogpt.engine.config import EngineConfig
 from ivideogpt.engine.kv_cache import BlockTable, KVCachePool
 from ivideogpt.engine.tokenizer_steps import ContextDecode, ContextEncode, FutureDecode, FutureEncode
 from ivideogpt.engine.transformer_steps import (
@@ -27,10 +29,11 @@ from ivideogpt.engine.transformer_steps import (
     TransformerHeads,
     TransformerPrefill,
 )
+from ivideogpt.int8_linear import int8_transformer
 from ivideogpt.model import WorldModel
 from ivideogpt.sampling import draw_uniforms, sample_tokens
 from ivideogpt.tokens import TokenLayout
-from ivideogpt.transformer import AttentionMetadata
+from ivideogpt.transformer import AttentionMetadata, WorldModelTransformer
 
 CONFIG_FILE = "ivideogpt_config.json"
 MODULES = (
@@ -57,6 +60,7 @@ class ModelRunner:
         self.cfg, self.modules, self.device, self.dtype = cfg, modules, device, dtype
         self.layout = TokenLayout.from_config(cfg)
         self.pool: KVCachePool | None = None
+        self.pixel_dtype, self.batched_pixels = dtype, False  # ``set_pixel_decoding``
 
     def allocate_cache(self, cache_bytes: int, block_size: int) -> KVCachePool:
         """The KV cache the transformer steps read and write: ``cache_bytes`` of ``block_size``-token blocks."""
@@ -104,9 +108,40 @@ class ModelRunner:
             modules[name] = torch.jit.load(str(f), map_location=device).to(dtype).eval()
         return cls(cfg, modules, torch.device(device), dtype)
 
+    def configured(self, config: EngineConfig) -> ModelRunner:
+        """This runner with the options of ``config`` that change how it computes: int8 weights, pixel decoding."""
+        runner = self.with_int8_weights() if config.int8_weights() else self
+        runner.set_pixel_decoding(config.pixel_torch_dtype(), config.batched_pixels)
+        return runner
+
+    def with_int8_weights(self) -> ModelRunner:
+        """This runner with its transformer on weight-only int8 products (``ivideogpt.int8_linear``), run
+        eagerly; the tokenizer modules stay as they are (eager or TorchScript). The weights are read back
+        from the transformer modules, so an exported repository serves int8 as well as a checkpoint."""
+        trm = WorldModelTransformer(self.cfg.transformer)
+        wanted = trm.state_dict()
+        weights = {}
+        for name in ("transformer_embed", "transformer_decode", "transformer_heads"):
+            weights.update({k: v for k, v in self.modules[name].state_dict().items() if k in wanted})
+        missing = sorted(set(wanted) - set(weights))
+        if missing:
+            raise ValueError(f"transformer modules lack weights: {', '.join(missing)}")
+        trm.load_state_dict(weights)
+        trm = int8_transformer(trm.to(self.device, self.dtype).eval())
+        modules = {
+            **self.modules,
+            "transformer_embed": TransformerEmbed(trm),
+            "transformer_prefill": TransformerPrefill(trm),
+            "transformer_decode": TransformerDecode(trm),
+            "transformer_heads": TransformerHeads(trm),
+        }
+        return ModelRunner(self.cfg, modules, self.device, self.dtype)
+
     def parameter_count(self) -> int:
-        """Parameters of the eight modules, each shared tensor counted once."""
+        """Parameters of the eight modules (int8 weights included), each shared tensor counted once."""
         unique = {p.data_ptr(): p.numel() for m in self.modules.values() for p in m.parameters()}
+        for m in self.modules.values():
+            unique.update({b.data_ptr(): b.numel() for n, b in m.named_buffers() if n.endswith("weight_int8")})
         return sum(unique.values())
 
     # tokenizer
@@ -153,6 +188,15 @@ class ModelRunner:
     def heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.modules["transformer_heads"](hidden)
 
+    def set_pixel_decoding(self, dtype: torch.dtype, batched: bool) -> None:
+        """How predicted frames become pixels (``EngineConfig.pixel_dtype``, ``batched_pixels``). A ``dtype``
+        other than the runner's: the future decoder runs on a copy of its weights in that dtype (the anchor's
+        features cast to it). ``batched``: the K frames an imagine's forks finish together decode in one call
+        (each frame then depends on its batch to the last bits)."""
+        if dtype != self.dtype:
+            self.modules["future_decode"] = copy.deepcopy(self.modules["future_decode"]).to(dtype)
+        self.pixel_dtype, self.batched_pixels = dtype, batched
+
     # the engine's work
     @torch.inference_mode()  # also on the pixel thread, whose own grad mode would be on
     def decode_frame(self, features: list[torch.Tensor], raw_tokens: torch.Tensor) -> torch.Tensor:
@@ -161,9 +205,22 @@ class ModelRunner:
         Batch 1: pixel decoding is compute bound, and per-frame decoding keeps a frame's bits
         the same whatever else is decoded.
         """
+        return self.decode_frames(features, raw_tokens[None], batched=False)[0]
+
+    @torch.inference_mode()
+    def decode_frames(
+        self, features: list[torch.Tensor], raw_tokens: torch.Tensor, batched: bool | None = None
+    ) -> torch.Tensor:
+        """Frames [K, 3, H, W] (float, CPU) of K rows' sampled ids [K, F] on one anchor: one frame per call,
+        or all K in one where ``batched`` (default: ``set_pixel_decoding``'s)."""
         lay = self.layout
         future = (raw_tokens.to(self.device) - lay.future_offset).clamp(0, lay.future_codebook_size - 1)
-        return self.decode_future(future[None, None], features)[0, 0].float().cpu()
+        if self.pixel_dtype != self.dtype:
+            features = [f.to(self.pixel_dtype) for f in features]
+        if self.batched_pixels if batched is None else batched:
+            rows = [f.expand(future.shape[0], *f.shape[1:]) for f in features]
+            return self.decode_future(future[:, None], rows)[:, 0].float().cpu()
+        return torch.stack([self.decode_future(ids[None, None], features)[0, 0].float().cpu() for ids in future])
 
     def execute(self, batch: StepBatch) -> StepOutput:
         """One token step: every row's token in, every sampling row's next token and every row's reward out."""

@@ -1,8 +1,10 @@
 """The ``local`` backend: the rollout engine in this process (its token thread batches every session's steps).
 
-The engine's calls block while it works; each runs in a worker thread of the event loop's
-default executor (``IVIDEOGPT_WORKER_THREADS`` of them), which also turns the engine's frames
-into uint8 [H, W, 3] arrays there, so the event loop only hands them on.
+A step waits for the engine on the event loop itself: the engine's threads hand each frame over
+(``RolloutEngine.step_nowait``), and the event loop turns it into a uint8 [H, W, 3] array (a
+one-frame step no longer crosses a worker thread both ways). The engine's other calls block
+while it works; each runs in a worker thread of the event loop's default executor
+(``IVIDEOGPT_WORKER_THREADS`` of them).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 from ivideogpt.config import count_parameters
 from ivideogpt.engine import EngineConfig, RolloutEngine, SessionHistory
+from ivideogpt.engine.results import FrameResult
 from ivideogpt.frames import from_uint8_hwc, to_uint8_hwc
 from ivideogpt.model import WorldModel
 from ivideogpt.sampling import SamplingParams
@@ -58,6 +61,9 @@ def engine_config(settings: Settings) -> EngineConfig:
     return EngineConfig(
         device=settings.device,
         dtype=settings.dtype,
+        weights=settings.weights,
+        pixel_dtype=settings.pixel_dtype,
+        batched_pixels=settings.batched_pixels,
         cache_bytes=settings.cache_bytes,
         session_ttl_s=settings.engine_idle_s,
         max_horizon=max(settings.max_horizon, 1),
@@ -118,28 +124,61 @@ class LocalBackend:
         stream: asyncio.Queue[FrameOut] | None = None,
         first_frame: Callable[[], object] | None = None,
     ) -> StepOut:
-        """The engine's frame stream in one worker thread, which also reads the new history; each frame
-        crosses to the event loop as soon as it is decoded only when someone streams."""
+        """The engine's frames delivered to the event loop as the engine's threads produce them (no worker
+        thread; ``RolloutEngine.step_nowait``), each also handed to ``stream`` at once when someone streams.
+        A frame becomes uint8 on the engine's pixel thread, before it crosses: torch work on the event loop's
+        thread woke that thread's own intra-op pool, whose spinning took a core from the engine (a one-frame
+        step took ~6 ms longer on 2 cores). Where another request holds the engine's session, the blocking
+        call runs in a worker thread instead."""
         loop = asyncio.get_running_loop()
+        outs: list[FrameOut] = []
+        done: asyncio.Future[None] = loop.create_future()
 
-        def work() -> StepOut:
-            before = self.engine.step_index(session_id)
-            outs: list[FrameOut] = []
-            for fr in self.engine.step_stream(session_id, torch.from_numpy(actions), return_frames):
+        def take(item: FrameOut | BaseException | None) -> None:  # on the event loop
+            if isinstance(item, FrameOut):
                 if not outs and first_frame is not None:
                     first_frame()
-                img = None if fr.frame is None else to_uint8_hwc(fr.frame[None])[0]
-                outs.append(FrameOut(fr.step_index, img, fr.reward))
+                outs.append(item)
                 if stream is not None:
-                    loop.call_soon_threadsafe(stream.put_nowait, outs[-1])
-            frames = np.stack([o.frame for o in outs]) if return_frames else None  # type: ignore[misc]
-            rewards = (
-                np.array([o.reward for o in outs], np.float32) if self.engine.cfg.transformer.reward_head else None
-            )
-            history = self.engine.history(session_id, before)
-            return StepOut(frames, rewards, outs[-1].step_index + 1, history)
+                    stream.put_nowait(item)
+            elif not done.done():
+                done.set_exception(item) if item is not None else done.set_result(None)
 
-        return await asyncio.to_thread(work)
+        def hand_over(item: FrameResult | BaseException | None) -> None:  # on the engine's threads
+            if isinstance(item, FrameResult):
+                img = None if item.frame is None else to_uint8_hwc(item.frame[None])[0]
+                item = FrameOut(item.step_index, img, item.reward)  # type: ignore[assignment]
+            loop.call_soon_threadsafe(take, item)
+
+        before = self.engine.step_index(session_id)
+        if not self.engine.step_nowait(session_id, actions, return_frames, hand_over):
+            return await asyncio.to_thread(self._step_blocking, session_id, actions, return_frames, loop, stream)
+        await done
+        history = self.engine.history(session_id, before)  # the session's lock was released before the end came
+        return self._step_out(outs, return_frames, history)
+
+    def _step_blocking(
+        self,
+        session_id: str,
+        actions: np.ndarray,
+        return_frames: bool,
+        loop: asyncio.AbstractEventLoop,
+        stream: asyncio.Queue[FrameOut] | None,
+    ) -> StepOut:
+        """The step in the calling (worker) thread, waiting for the session's engine lock."""
+        before = self.engine.step_index(session_id)
+        outs: list[FrameOut] = []
+        for fr in self.engine.step_stream(session_id, torch.from_numpy(actions), return_frames):
+            img = None if fr.frame is None else to_uint8_hwc(fr.frame[None])[0]
+            outs.append(FrameOut(fr.step_index, img, fr.reward))
+            if stream is not None:
+                loop.call_soon_threadsafe(stream.put_nowait, outs[-1])
+        return self._step_out(outs, return_frames, self.engine.history(session_id, before))
+
+    def _step_out(self, outs: list[FrameOut], return_frames: bool, history: SessionHistory) -> StepOut:
+        frames = np.stack([o.frame for o in outs]) if return_frames else None  # type: ignore[misc]
+        rewards = np.array([o.reward for o in outs], np.float32) if self.engine.cfg.transformer.reward_head else None
+        return StepOut(frames, rewards, outs[-1].step_index + 1, history)
 
     async def observe(self, session_id: str, frames: np.ndarray, actions: np.ndarray) -> StepOut:
         def work() -> StepOut:
