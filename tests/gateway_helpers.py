@@ -20,7 +20,18 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "default"
 REDIS_URL = "redis://127.0.0.1:6379/0"
-SLOT_BYTES = 2 * 3 * 192 * 4 * 512  # one session's KV slot in the tiny preset (float32)
+
+
+def default_slot_bytes() -> int:
+    """One session's KV slot (float32) of the shipped model: cache sizes in tests count sessions."""
+    from ivideogpt.checkpoint import load_config
+    from ivideogpt.engine.config import EngineConfig
+    from ivideogpt.engine.kv_cache import KVCachePool
+
+    return KVCachePool.slot_bytes(load_config(DEFAULT_MODEL).transformer, EngineConfig().block_size)
+
+
+SLOT_BYTES = default_slot_bytes()
 
 
 def model_dir(tmp: Path) -> Path:

@@ -9,9 +9,11 @@ import torch
 from PIL import Image
 
 from conftest import small_config
+from ivideogpt import checkpoint
 from ivideogpt.model import WorldModel
 from ivideogpt.rollout import Rollout
 from ivideogpt.sampling import SamplingParams
+from ivideogpt.tokens import TokenLayout
 from ivideogpt.transformer import symexp
 
 
@@ -83,8 +85,10 @@ def test_demo_predicts_a_heldout_episode_with_the_shipped_model(tmp_path: Path) 
     cmd = [sys.executable, "-m", "ivideogpt.demo", "--steps", "30", "--gif", str(gif)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
     assert "held-out episode 0 (reach-v3/ep00000.npz)" in out and "models/default" in out
-    assert "--steps 30 capped at 22" in out  # the single-cache loop's room, said rather than silent
+    cfg = checkpoint.load_config(Path(__file__).resolve().parents[1] / "models" / "default")
+    room = TokenLayout.from_config(cfg).max_future_frames(cfg.transformer.max_positions)
+    assert room < 30 and f"--steps 30 capped at {room}" in out  # the loop's room, said rather than silent
     psnr = [float(x) for x in re.findall(r"PSNR\s+([\d.]+) dB", out)]
-    assert len(psnr) == 22 and "frames/s" in out
+    assert len(psnr) == room and "frames/s" in out
     assert np.mean(psnr) > 20, out  # the trained model against the recording (an untrained one: ~9 dB)
-    assert Image.open(gif).n_frames == 22
+    assert Image.open(gif).n_frames == room

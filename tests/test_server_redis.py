@@ -184,16 +184,21 @@ def test_keys_expire_with_the_session(pair: tuple[Gateway, Gateway], prefix: str
     assert not list(r.scan_iter(match=f"{prefix}*{sid}"))
 
 
+def frames_per_anchor(eng: RolloutEngine) -> int:
+    return eng.model_info()["frames_per_anchor"]
+
+
 def test_reanchor_by_imagine_survives_a_restore(pair: tuple[Gateway, Gateway], reference: RolloutEngine) -> None:
     """Imagine near the position limit re-anchors the session; the history records it, so a restore
-    elsewhere continues exactly like the original (22 frames fit one anchor of the tiny model)."""
+    elsewhere continues exactly like the original."""
     a, b = pair
-    first, seqs, after = actions(50, 20), [actions(51, 3), actions(52, 3)], actions(53, 2)
+    n = frames_per_anchor(reference) - 2  # the imagine's 3 frames cross the anchor's end
+    first, seqs, after = actions(50, n), [actions(51, 3), actions(52, 3)], actions(53, 2)
     sid = create(a.url, seed=17)
     step(a.url, sid, first)
     r = httpx.post(f"{a.url}/v1/sessions/{sid}/imagine", json={"action_sequences": seqs}, timeout=120)
     assert r.status_code == 200, r.text
-    got = frames_of(step(b.url, sid, after, step_index=20))  # b never forwards: it restores from the history
+    got = frames_of(step(b.url, sid, after, step_index=n))  # b never forwards: it restores from the history
     ctx = torch.from_numpy(context(0).transpose(0, 3, 1, 2).copy())
     ref = reference.open(ctx, SamplingParams(seed=17))
     try:
@@ -226,17 +231,18 @@ def test_observed_frames_survive_a_restore_across_a_re_anchor(
     """Observed frames are recorded with the pixels a re-anchor re-encodes (and no others): another replica
     rebuilds the session from Redis and continues exactly like the original."""
     a, b = pair
-    first, seen, acts, after = actions(60, 20), context(61, n=3), actions(62, 3), actions(63, 2)
+    n = frames_per_anchor(reference) - 2  # the 3 observed frames cross the anchor's end
+    first, seen, acts, after = actions(60, n), context(61, n=3), actions(62, 3), actions(63, 2)
     sid = create(a.url, seed=19)
     step(a.url, sid, first)
-    body = {"frames": [png_b64(f) for f in seen], "actions": acts, "step_index": 20}
+    body = {"frames": [png_b64(f) for f in seen], "actions": acts, "step_index": n}
     r = httpx.post(f"{a.url}/v1/sessions/{sid}/observe", json=body, timeout=120)
-    assert r.status_code == 200 and r.json()["step_index"] == 23, r.text  # frame 22 re-anchored on 20 and 21
+    assert r.status_code == 200 and r.json()["step_index"] == n + 3, r.text  # frame n+2 re-anchored on n and n+1
     frames_key = f"{prefix}frames:{sid}"
     store = redis.Redis.from_url(REDIS_URL)
-    assert sorted(int(i) for i in store.hkeys(frames_key)) == [20, 21, 22]  # the re-anchor's two, and the last two
-    got = frames_of(step(b.url, sid, after, step_index=23))  # b never forwards: it restores from the history
-    assert sorted(int(i) for i in store.hkeys(frames_key)) == [20, 21]  # 22 left the last two
+    assert sorted(int(i) for i in store.hkeys(frames_key)) == [n, n + 1, n + 2]  # the re-anchor's two, the last two
+    got = frames_of(step(b.url, sid, after, step_index=n + 3))  # b never forwards: it restores from the history
+    assert sorted(int(i) for i in store.hkeys(frames_key)) == [n, n + 1]  # n+2 left the last two
     assert 0 < store.pttl(frames_key) <= 120_000
     store.close()
 
@@ -246,7 +252,7 @@ def test_observed_frames_survive_a_restore_across_a_re_anchor(
         reference.step(ref, torch.tensor(first))
         observed = reference.observe(ref, torch.from_numpy(seen.transpose(0, 3, 1, 2).copy()), torch.tensor(acts))
         expected = to_uint8_hwc(reference.step(ref, torch.tensor(after)).frames)
-        assert reference.history(ref).reanchors == [22]
+        assert reference.history(ref).reanchors == [n + 2]
     finally:
         reference.close(ref)
     np.testing.assert_allclose(r.json()["rewards"], observed.rewards.numpy(), rtol=1e-5, atol=1e-6)
