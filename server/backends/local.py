@@ -1,8 +1,8 @@
 """The ``local`` backend: the rollout engine in this process (its token thread batches every session's steps).
 
 A step waits for the engine on the event loop itself: the engine's threads hand each frame over
-(``RolloutEngine.step_nowait``), and the event loop turns it into a uint8 [H, W, 3] array (a
-one-frame step no longer crosses a worker thread both ways). The engine's other calls block
+(``RolloutEngine.step_nowait``) already as a uint8 [H, W, 3] array (a one-frame step no longer
+crosses a worker thread both ways). The engine's other calls block
 while it works; each runs in a worker thread of the event loop's default executor
 (``IVIDEOGPT_WORKER_THREADS`` of them).
 """
