@@ -78,7 +78,11 @@ class Registry(Protocol):
         ...
 
     async def last_result(self, sid: str) -> bytes | None: ...
-    async def acquire_lease(self, sid: str, replica: str, ttl_s: float) -> bool: ...
+    async def acquire_lease(self, sid: str, replica: str, ttl_s: float) -> int | None:
+        """The lease for ``ttl_s`` (kept when this replica holds it already) and, in the same round trip, the
+        session's recorded step count; None while another replica holds it."""
+        ...
+
     async def renew_lease(self, sid: str, replica: str, ttl_s: float) -> bool: ...
     async def release_lease(self, sid: str, replica: str) -> None: ...
     async def heartbeat(self, replica: str, address: str, ttl_s: float) -> None: ...
@@ -178,12 +182,12 @@ class MemoryRegistry:
         owner = self._leases.get(sid)
         return owner is not None and owner[0] == replica and owner[1] > self.clock()
 
-    async def acquire_lease(self, sid: str, replica: str, ttl_s: float) -> bool:
+    async def acquire_lease(self, sid: str, replica: str, ttl_s: float) -> int | None:
         owner = self._leases.get(sid)
         if owner is None or owner[0] == replica or owner[1] <= self.clock():
             self._leases[sid] = (replica, self.clock() + ttl_s)
-            return True
-        return False
+            return await self.step_count(sid)
+        return None
 
     async def renew_lease(self, sid: str, replica: str, ttl_s: float) -> bool:
         if not self._holds(sid, replica):
@@ -212,6 +216,15 @@ class MemoryRegistry:
 # ARGV: replica, expected steps, expected reanchors, n_steps, steps..., n_reanchors, reanchors..., last,
 #       n_frames, (step index, pixels)..., n_forget, step indices..., record ('' = no touch), expires (ms),
 #       expires (s, the set's score), session id, release ('1': delete the lease)
+# KEYS: lease, steps. ARGV: replica, ttl (ms). The lease (the value redis-py's Lock keeps: the holder's token)
+# and the step count in one round trip; -1 while another replica holds it.
+_ACQUIRE = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return -1 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return redis.call('LLEN', KEYS[2])
+"""
+
 _APPEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
 if redis.call('EXISTS', KEYS[5]) == 0 then return -3 end
@@ -273,6 +286,7 @@ class RedisRegistry:
         self.redis = aioredis.Redis.from_pool(pool)
         self.prefix = prefix
         self._append = self.redis.register_script(_APPEND)
+        self._acquire = self.redis.register_script(_ACQUIRE)
 
     def _k(self, kind: str, sid: str) -> str:
         return f"{self.prefix}{kind}:{sid}"
@@ -380,12 +394,10 @@ class RedisRegistry:
         lease.local.token = replica  # the holder's token, for reacquire and release
         return lease
 
-    async def acquire_lease(self, sid: str, replica: str, ttl_s: float) -> bool:
-        lease = self._lease(sid, replica, ttl_s)
-        if await lease.acquire(blocking=False, token=replica):
-            return True
-        # held already: by this replica (a release lost to a Redis outage) it is ours again, for ttl_s
-        return await self._reacquire(lease)
+    async def acquire_lease(self, sid: str, replica: str, ttl_s: float) -> int | None:
+        # held already by this replica (a release lost to a Redis outage): it is ours again, for ttl_s
+        n = await self._acquire(keys=[self._k("lease", sid), self._k("steps", sid)], args=[replica, int(ttl_s * 1000)])
+        return None if n < 0 else int(n)
 
     async def renew_lease(self, sid: str, replica: str, ttl_s: float) -> bool:
         """Extends the lease only while this replica holds it: a renewal never takes a released lease back."""

@@ -185,8 +185,7 @@ class SessionService:
             actions = check_actions(actions, self.limits)
         self.admission.refuse_if_full(actions.shape[0])
         rec = await self._record(key_id, sid)
-        async with self._session(sid):
-            n = await self.registry.step_count(sid)
+        async with self._session(sid) as n:
             if step_index is not None and step_index != n:
                 out = await self._replay(sid, n, step_index, actions, want_frames, on_frame)
                 self.metrics.step_latency.labels(transport).observe(time.perf_counter() - t0)
@@ -229,8 +228,7 @@ class SessionService:
         h = frames.shape[0]
         self.admission.refuse_if_full(h)
         rec = await self._record(key_id, sid)
-        async with self._session(sid):
-            n = await self.registry.step_count(sid)
+        async with self._session(sid) as n:
             if step_index is not None and step_index != n:
                 recorded = await self._recorded(sid, n, step_index, actions, "observed", frames)
                 self.metrics.idempotent_replays.inc()
@@ -254,8 +252,7 @@ class SessionService:
         k, h = seqs.shape[:2]
         self.admission.refuse_if_full(k * h)
         rec = await self._record(key_id, sid)
-        async with self._session(sid):
-            n = await self.registry.step_count(sid)
+        async with self._session(sid) as n:
             async with self._engine(k * h, "imagine") as engine:
                 await self._ensure_local(sid, n, engine)
                 self.metrics.queue_wait.observe(time.perf_counter() - t0)
@@ -277,8 +274,7 @@ class SessionService:
         frames = spec.population * spec.horizon * spec.iterations + spec.horizon  # the populations, the final mean
         self.admission.refuse_if_full(frames)
         rec = await self._record(key_id, sid)
-        async with self._session(sid):
-            n = await self.registry.step_count(sid)
+        async with self._session(sid) as n:
             async with self._engine(frames, "plan") as engine:
                 await self._ensure_local(sid, n, engine)
                 self.metrics.queue_wait.observe(time.perf_counter() - t0)
@@ -370,9 +366,10 @@ class SessionService:
         rec.owner, rec.owner_addr = self.replica, self.settings.address()
 
     @contextlib.asynccontextmanager
-    async def _session(self, sid: str) -> AsyncIterator[None]:
-        """This replica's lock on the session, then the registry lease (renewed while held); both waits
-        end after ``lease_wait_s`` with 429 ``session_busy``."""
+    async def _session(self, sid: str) -> AsyncIterator[int]:
+        """This replica's lock on the session, then the registry lease (renewed while held) and, in the same
+        round trip, the session's recorded step count; both waits end after ``lease_wait_s`` with 429
+        ``session_busy``."""
         s = self.settings
         busy = ApiError(429, "session_busy", "another request or replica is serving this session", None, 1.0)
         lock = self._locks.setdefault(sid, asyncio.Lock())
@@ -382,7 +379,7 @@ class SessionService:
             raise busy from None
         try:
             deadline = time.monotonic() + s.lease_wait_s
-            while not await self.registry.acquire_lease(sid, self.replica, s.lease_ttl_s):
+            while (n := await self.registry.acquire_lease(sid, self.replica, s.lease_ttl_s)) is None:
                 if time.monotonic() > deadline:
                     raise busy
                 await asyncio.sleep(0.02)
@@ -391,7 +388,7 @@ class SessionService:
             try:
                 if self._closed:  # shut down while this request waited for the lease
                     raise shutting_down()
-                yield
+                yield n
             finally:
                 if not await renewal.stop(s.redis_timeout_s):
                     log.warning("lease renewal of %s still in a Redis command; releasing the lease anyway", sid)

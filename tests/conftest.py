@@ -11,6 +11,7 @@ import torch
 from gateway_helpers import Gateway, model_dir
 
 from ivideogpt.config import ModelConfig, TokenizerConfig, TransformerConfig, preset
+from ivideogpt.engine import EngineConfig, RolloutEngine
 from ivideogpt.model import WorldModel
 
 
@@ -154,6 +155,19 @@ def small_model(max_positions: int | None = None) -> WorldModel:
     with torch.no_grad():
         torch.nn.init.normal_(model.transformer.action_proj.weight, std=0.5)
     return model
+
+
+@pytest.fixture(scope="module")
+def model() -> WorldModel:
+    """``small_model``, once per module (a module that needs another model defines its own ``model``)."""
+    return small_model()
+
+
+@pytest.fixture
+def engine(model: WorldModel) -> Iterator[RolloutEngine]:
+    eng = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20))
+    yield eng
+    eng.shutdown()
 
 
 __all__ = [

@@ -21,18 +21,6 @@ from ivideogpt.sampling import SamplingParams
 R = 32  # small_config frames are 32x32, 3-dim actions
 
 
-@pytest.fixture(scope="module")
-def model() -> WorldModel:
-    return small_model()
-
-
-@pytest.fixture
-def engine(model: WorldModel):
-    eng = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20))
-    yield eng
-    eng.shutdown()
-
-
 def context(seed: int) -> torch.Tensor:
     return torch.rand(2, 3, R, R, generator=torch.Generator().manual_seed(seed))
 

@@ -15,18 +15,6 @@ from ivideogpt.transformer import symexp
 R = 32  # small_config: 32x32 frames, 3-dim actions, 2 context frames
 
 
-@pytest.fixture(scope="module")
-def model() -> WorldModel:
-    return small_model()
-
-
-@pytest.fixture
-def engine(model: WorldModel):
-    eng = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20))
-    yield eng
-    eng.shutdown()
-
-
 def frames(seed: int, n: int) -> torch.Tensor:
     """Camera frames, uint8 [n, 3, H, W]: smooth, with a seeded square, so that the tokenizer sees structure."""
     g = torch.Generator().manual_seed(seed)

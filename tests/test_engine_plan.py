@@ -73,11 +73,6 @@ def test_plan_finds_the_rewarded_direction(toy: RolloutEngine, method: str) -> N
     assert toy.step_index(sid) == 0
 
 
-@pytest.fixture(scope="module")
-def model() -> WorldModel:
-    return small_model()
-
-
 def test_plan_is_seeded_and_leaves_the_session_unchanged(model: WorldModel) -> None:
     eng = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20))
     try:

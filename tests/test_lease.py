@@ -48,7 +48,7 @@ def test_renewal_stopped_during_a_command_stops(prefix: str) -> None:
     async def test(registry: RedisRegistry) -> None:
         for i in range(ROUNDS):
             sid = f"s{i}"
-            assert await registry.acquire_lease(sid, "me", 10.0)
+            assert await registry.acquire_lease(sid, "me", 10.0) is not None
             renewal = LeaseRenewal(registry, sid, "me", ttl_s=10.0, period_s=0.0)
             renewal.start()
             await asyncio.sleep(0.001)
@@ -66,7 +66,7 @@ def test_renewal_cancelled_during_a_command_stops(prefix: str) -> None:
     async def test(registry: RedisRegistry) -> None:
         for i in range(ROUNDS):
             sid = f"c{i}"
-            assert await registry.acquire_lease(sid, "me", 10.0)
+            assert await registry.acquire_lease(sid, "me", 10.0) is not None
             renewal = LeaseRenewal(registry, sid, "me", ttl_s=10.0, period_s=0.0)
             renewal.start()
             await asyncio.sleep(0.001)
@@ -84,7 +84,7 @@ def test_a_renewal_never_takes_a_released_lease_back(prefix: str) -> None:
     async def test(registry: RedisRegistry) -> None:
         for i in range(50):
             sid = f"r{i}"
-            assert await registry.acquire_lease(sid, "me", 10.0)
+            assert await registry.acquire_lease(sid, "me", 10.0) is not None
             renewal = LeaseRenewal(registry, sid, "me", ttl_s=10.0, period_s=0.0)
             renewal.start()
             await asyncio.sleep(0.001)
@@ -98,14 +98,14 @@ def test_a_renewal_never_takes_a_released_lease_back(prefix: str) -> None:
 
 def test_a_lapsed_lease_taken_by_another_replica_is_reported_lost(prefix: str) -> None:
     async def test(registry: RedisRegistry) -> None:
-        assert await registry.acquire_lease("s", "me", 0.1)
+        assert await registry.acquire_lease("s", "me", 0.1) is not None
         renewal = LeaseRenewal(registry, "s", "me", ttl_s=0.1, period_s=0.3)  # renews too late
         renewal.start()
         for _ in range(200):  # Redis lets the lease lapse after its 0.1 s (its own clock, not ours)
             if not await leased(registry, "s"):
                 break
             await asyncio.sleep(0.01)
-        assert await registry.acquire_lease("s", "other", 10.0)
+        assert await registry.acquire_lease("s", "other", 10.0) is not None
         done, _ = await asyncio.wait({renewal.task}, timeout=2.0)  # type: ignore[arg-type]
         assert done and renewal.lost
         assert not await registry.renew_lease("s", "me", 10.0)

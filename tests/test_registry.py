@@ -66,7 +66,7 @@ def test_an_append_sent_twice_is_applied_once(prefix: str) -> None:
         try:
             rec = SessionRecord("s", "k", "tiny", {}, time.time(), time.time() + 60)
             await registry.create(rec, SessionHistory([[1, 2]], {}, 0))
-            assert await registry.acquire_lease("s", "me", 10.0)
+            assert await registry.acquire_lease("s", "me", 10.0) is not None
             step = StepRecord([0.1, 0.2], [3] * 16, 0.5)
             assert await registry.append("s", "me", (0, 0), [step, step], [], b"last")
             assert not await registry.append("s", "me", (0, 0), [step, step], [], b"last")  # the same, again
@@ -91,7 +91,7 @@ def test_observed_pixels_are_kept_while_needed_and_dropped_after(prefix: str, ki
         try:
             rec = SessionRecord("s", "k", "tiny", {}, time.time(), time.time() + 60)
             await registry.create(rec, SessionHistory([[1, 2]], {"seed": 1}, 0, context_frames=b"\x01" * 24))
-            assert await registry.acquire_lease("s", "me", 10.0)
+            assert await registry.acquire_lease("s", "me", 10.0) == 0  # the lease and the step count, one round trip
             seen = [StepRecord([0.1], [3] * 16, 0.5, "observed", bytes([i]) * 12) for i in range(3)]
             assert await registry.append("s", "me", (0, 0), seen, [], None, forget=[0])  # 0 left the last two
             history = await registry.history("s")
@@ -102,6 +102,7 @@ def test_observed_pixels_are_kept_while_needed_and_dropped_after(prefix: str, ki
             assert await registry.append("s", "me", (3, 0), [predicted], [], None, forget=[1])
             history = await registry.history("s")
             assert [s.frame is not None for s in history.steps] == [False, False, True, False]
+            assert await registry.acquire_lease("s", "me", 10.0) == 4  # held already by us: kept, counted
             assert history.steps[3].kind == "predicted"
         finally:
             await registry.close()
@@ -120,17 +121,17 @@ def test_an_append_can_touch_the_record_and_release_the_lease_in_the_same_call(p
             now = time.time()
             rec = SessionRecord("s", "k", "tiny", {}, now, now + 60)
             await registry.create(rec, SessionHistory([[1, 2]], {}, 0))
-            assert await registry.acquire_lease("s", "me", 10.0)
+            assert await registry.acquire_lease("s", "me", 10.0) is not None
             step = StepRecord([0.1], [3] * 16, 0.5)
             later = SessionRecord("s", "k", "tiny", {}, now, now + 600, owner="me", owner_addr="http://me")
             assert not await registry.append("s", "me", (1, 0), [step], [], None, touch=later, release=True)
             assert (await registry.get("s")).expires == now + 60  # type: ignore[union-attr]
-            assert not await registry.acquire_lease("s", "other", 10.0)  # still ours
+            assert await registry.acquire_lease("s", "other", 10.0) is None  # still ours
             assert await registry.append("s", "me", (0, 0), [step], [], b"last", touch=later, release=True)
             got = await registry.get("s")
             assert got is not None and got.expires == now + 600 and got.owner == "me"
             assert await registry.step_count("s") == 1 and await registry.last_result("s") == b"last"
-            assert await registry.acquire_lease("s", "other", 10.0)  # released
+            assert await registry.acquire_lease("s", "other", 10.0) == 1  # released; the step count with it
             if isinstance(registry, RedisRegistry):  # every key of the session expires with the record
                 ttls = [await registry.redis.pttl(k) for k in registry._session_keys("s")]
                 assert all(590_000 < t <= 600_000 for t in ttls if t != -2) and len([t for t in ttls if t > 0]) >= 4
