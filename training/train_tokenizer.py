@@ -253,7 +253,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train only the decoders (with --init): every token id stays the same, so this can run beside "
         "the transformer's training on the same tokenizer (train_transformer --export-tokenizer)",
     )
-    p.add_argument("--steps", type=int, default=1600)
+    p.add_argument("--steps", type=int, default=3600)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--horizon", type=int, default=12, help="window the future frames are drawn from")
     p.add_argument("--n-future", type=int, default=4, help="random future frames per clip")
