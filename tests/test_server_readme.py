@@ -16,6 +16,7 @@ from gateway_helpers import REPO, Gateway
 from PIL import Image
 
 from conftest import Gateways
+from ivideogpt import checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +47,12 @@ def test_readme_curl_example(gw: Gateway, tmp_path: Path) -> None:
         shutil.rmtree(out)
 
 
-def test_start_log_names_the_model_and_the_addresses(gw: Gateway) -> None:
+def test_start_log_names_the_model_and_the_addresses(gw: Gateway, model_path: Path) -> None:
     log = gw.log.read_text()
-    started = r"model tiny \(7\.9M parameters; checkpoint .*, eager\) in process on cpu, float32, \d+ intra-op"
+    millions = sum(p.numel() for p in checkpoint.load(model_path).parameters()) / 1e6
+    started = (
+        rf"model tiny \({millions:.1f}M parameters; checkpoint .*, eager\) in process on cpu, float32, \d+ intra-op"
+    )
     assert re.search(started, log), log[:3000]
     assert f"REST and WebSocket on http://127.0.0.1:{gw.port}" in log
     assert f"gRPC listening on 127.0.0.1:{gw.grpc_port}" in log
