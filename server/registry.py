@@ -212,10 +212,6 @@ class MemoryRegistry:
         return None
 
 
-# KEYS: lease, steps, reanchors, last, record, frames, history head, the key's session set
-# ARGV: replica, expected steps, expected reanchors, n_steps, steps..., n_reanchors, reanchors..., last,
-#       n_frames, (step index, pixels)..., n_forget, step indices..., record ('' = no touch), expires (ms),
-#       expires (s, the set's score), session id, release ('1': delete the lease)
 # KEYS: lease, steps. ARGV: replica, ttl (ms). The lease (the value redis-py's Lock keeps: the holder's token)
 # and the step count in one round trip; -1 while another replica holds it.
 _ACQUIRE = """
@@ -225,6 +221,10 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return redis.call('LLEN', KEYS[2])
 """
 
+# KEYS: lease, steps, reanchors, last, record, frames, history head, the key's session set
+# ARGV: replica, expected steps, expected reanchors, n_steps, steps..., n_reanchors, reanchors..., last,
+#       n_frames, (step index, pixels)..., n_forget, step indices..., record ('' = no touch), expires (ms),
+#       expires (s, the set's score), session id, release ('1': delete the lease)
 _APPEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
 if redis.call('EXISTS', KEYS[5]) == 0 then return -3 end

@@ -57,22 +57,15 @@ def reference(model_path: Path):
     eng.shutdown()
 
 
-def uninterrupted(eng: RolloutEngine, seed: int, chunks: list[list]) -> np.ndarray:
-    sid = eng.open(torch.from_numpy(context(0).transpose(0, 3, 1, 2).copy()), SamplingParams(seed=seed))
-    try:
-        return np.concatenate([to_uint8_hwc(eng.step(sid, torch.tensor(c)).frames) for c in chunks])
-    finally:
-        eng.close(sid)
-
-
-def restored_at_each_chunk(eng: RolloutEngine, seed: int, chunks: list[list]) -> np.ndarray:
-    """``uninterrupted``, with the session rebuilt from its history before every chunk but the first (a
-    rebuild prefills the recorded tokens: equal to the live session's cache up to float summation order)."""
+def reference_frames(eng: RolloutEngine, seed: int, chunks: list[list], restore_between: bool = False) -> np.ndarray:
+    """The chunks stepped on one in-process session; with ``restore_between``, rebuilt from its history before
+    every chunk but the first (a rebuild prefills the recorded tokens: equal to the live session's cache up to
+    float summation order)."""
     sid = eng.open(torch.from_numpy(context(0).transpose(0, 3, 1, 2).copy()), SamplingParams(seed=seed))
     out = []
     try:
         for i, c in enumerate(chunks):
-            if i:
+            if i and restore_between:
                 old, sid = sid, eng.restore(eng.history(sid))
                 eng.close(old)
             out.append(to_uint8_hwc(eng.step(sid, torch.tensor(c)).frames))
@@ -132,7 +125,7 @@ def test_killed_gateway_session_continues_elsewhere(
         got.append(redo)
         got.append(frames_of(step(pair[0].url, sid, chunks[2], step_index=9)))
     # each new process rebuilt the session from its history (at steps 3 and 9), as the engine's restore does
-    np.testing.assert_array_equal(np.concatenate(got), restored_at_each_chunk(reference, 21, chunks))
+    np.testing.assert_array_equal(np.concatenate(got), reference_frames(reference, 21, chunks, restore_between=True))
     assert httpx.get(f"{pair[0].url}/v1/sessions/{sid}").json()["step_index"] == 12
 
 
@@ -146,7 +139,7 @@ def test_two_replicas_alternate_without_divergence(pair: tuple[Gateway, Gateway]
     )
     # a -> b takes over (restore on b), b -> a forwards to b, which holds the session now
     got = [frames_of(step((a, b)[i % 2].url, sid, c)) for i, c in enumerate(chunks)]
-    np.testing.assert_array_equal(np.concatenate(got), uninterrupted(reference, 5, chunks))
+    np.testing.assert_array_equal(np.concatenate(got), reference_frames(reference, 5, chunks))
     assert _metric(a, "ivideogpt_forwarded_requests_total") > forwarded
     assert _metric(b, "ivideogpt_gateway_restores_total") > restores
     # a retry sent to the other replica returns the recorded result, not a second step
