@@ -42,6 +42,9 @@ def settings(prefix: str, drain_s: float) -> dict[str, str]:
         "IVIDEOGPT_REDIS_PREFIX": prefix,
         "IVIDEOGPT_DRAIN_S": str(drain_s),
         "IVIDEOGPT_LEASE_TTL_S": "60",  # a lease left behind would outlive this test: nothing lapses by itself
+        # the fleet keeps every session stepping: none may be turned away as overloaded while it queues behind
+        # the others (how long that takes depends on the model's speed, not on what this test checks)
+        "IVIDEOGPT_QUEUE_TIMEOUT_S": "120",
     }
 
 
