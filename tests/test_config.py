@@ -53,6 +53,17 @@ def test_invalid_configs_name_the_field() -> None:
         preset("huge")
 
 
+def test_future_encode_dtype_travels_with_the_config() -> None:
+    d = preset("tiny").to_dict()
+    del d["future_encode_dtype"]  # a config written before the field: fp32, as such models were served
+    assert ModelConfig.from_dict(d).future_encode_dtype == "float32"
+    d["future_encode_dtype"] = "bfloat16"
+    assert ModelConfig.from_json(ModelConfig.from_dict(d).to_json()).future_encode_dtype == "bfloat16"
+    d["future_encode_dtype"] = "float16"
+    with pytest.raises(ValueError, match="future_encode_dtype"):
+        ModelConfig.from_dict(d)
+
+
 def test_cli_prints_counts() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "ivideogpt.config", "--preset", "oxe-64"],

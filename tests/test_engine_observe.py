@@ -63,6 +63,36 @@ def test_observe_appends_the_future_encoders_tokens(model: WorldModel, engine: R
     assert torch.allclose(symexp(symlog[0]), out.rewards, atol=1e-5)
 
 
+def test_observed_frames_are_encoded_as_the_transformers_targets_were(tmp_path) -> None:
+    """A model whose transformer learned future tokens encoded under bf16 autocast (training's default)
+    says so in its config; observe then encodes the same way, eager and exported alike."""
+    import dataclasses
+
+    from training.export import export
+
+    bf16 = small_model()
+    bf16.cfg = dataclasses.replace(bf16.cfg, future_encode_dtype="bfloat16")
+    g = torch.Generator().manual_seed(3)  # noise frames: near-equal codes, where the two encodings part
+    ctx, seen = (torch.randint(0, 256, (n, 3, R, R), generator=g, dtype=torch.uint8) for n in (2, 3))
+    acts = actions(2, 3)
+    with torch.no_grad():
+        _, features = bf16.tokenizer.encode_context(as_float(ctx)[None])
+        fp32 = bf16.tokenizer.encode_future(as_float(seen)[None], features)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = bf16.tokenizer.encode_future(as_float(seen)[None], features)[0]
+    assert not torch.equal(expected, fp32)
+    repo = export(bf16, tmp_path / "repo")
+    for eng in (RolloutEngine(bf16, EngineConfig(cache_bytes=32 << 20)), RolloutEngine.from_repository(repo)):
+        try:
+            assert eng.cfg.future_encode_dtype == "bfloat16"  # the exported config carries it
+            sid = eng.open(ctx, SamplingParams(seed=3))
+            eng.observe(sid, seen, acts)
+            observed = [[t - bf16.layout.future_offset for t in r.tokens] for r in eng.history(sid).steps]
+            assert observed == expected.tolist()
+        finally:
+            eng.shutdown()
+
+
 @pytest.mark.parametrize("greedy", [False, True])
 def test_the_step_after_observing_equals_one_full_forward_pass(model: WorldModel, greedy: bool) -> None:
     """The next frame is sampled from [context tokens + observed tokens + the new action], with the

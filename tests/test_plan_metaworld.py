@@ -59,6 +59,12 @@ def test_quick_mode_plans_against_the_real_environment(gw: Gateway, tmp_path: Pa
         assert set(result["per_seed"][name]) == {"0", "1"}
         runs = result["per_seed"][name].values()
         assert stats["return_mean"] == pytest.approx(np.mean([r["return"] for r in runs]))
+        # a planner reports what its model promised for the actions it ran
+        assert ("predicted_return_mean" in stats) == (name == "cem")
+    cem = result["policies"]["cem"]
+    predicted = [r["predicted_return"] for r in result["per_seed"]["cem"].values()]
+    assert cem["predicted_return_mean"] == pytest.approx(np.mean(predicted)) and all(map(math.isfinite, predicted))
+    assert cem["planned_return_mean"] <= cem["return_mean"] + 1e-6  # the no-op's reward is not the plan's
     # every control step but the first (a no-op) planned once and observed its real frame
     settings, control_steps = result["planner"], 2 * (result["steps"] - 1)
     per_plan = settings["iterations"] * settings["population"] * settings["horizon"] + settings["horizon"]
@@ -91,3 +97,38 @@ def test_same_seed_same_episode(gw: Gateway):
         env.renderer.close()
     assert runs[0].rewards == runs[1].rewards
     assert np.array_equal(np.stack(runs[0].frames), np.stack(runs[1].frames))
+
+
+def test_check_model_replays_the_expert_through_a_session(gw: Gateway, tmp_path: Path):
+    """--check-model: the expert's episode replayed through a session, the model's score of the expert's
+    next actions against its own plan's, and the reward head's error on real and imagined frames."""
+    plan = load_example()
+    out = tmp_path / "check.json"
+    before = counters(gw)
+    result = plan.main(["--url", gw.url, "--quick", "--check-model", "--json", str(out)])
+    after = counters(gw)
+
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert set(result["model_check"]) == {"0", "1"}  # --quick: seeds 0 and 1, 8 agent steps, the first a no-op
+    check = result["model_check"]["0"]
+    steps = check["per_step"]
+    control_steps = 8 - 1
+    assert all(len(v) == control_steps for v in steps.values())
+    grew = {name: after[name] - before.get(name, 0) for name in after}
+    assert grew["ivideogpt_plan_latency_seconds_count"] == 2 * control_steps
+    assert grew["ivideogpt_frames_observed_total"] == 2 * control_steps
+
+    # the truth is the expert's own episode, run here again on the same seed
+    from training.collect_metaworld import Renderer
+
+    env = Renderer("button-press-topdown-v3", resolution=64, camera="corner")
+    try:
+        expert = plan.run_episode(env, "expert", plan.ExpertPolicy("button-press-topdown-v3"), 0, 8)
+    finally:
+        env.renderer.close()
+    assert steps["true_reward"] == pytest.approx(expert.rewards[1:])
+    expert_score, plan_score = np.array(steps["expert_score"]), np.array(steps["plan_score"])
+    assert check["expert_preferred"] == pytest.approx(np.mean(expert_score >= plan_score))
+    errors = np.abs(np.array(steps["observed_reward"]) - np.array(steps["true_reward"]))
+    assert check["reward_mae_observed"] == pytest.approx(errors.mean())
+    assert check["reward_mae_imagined"] != check["reward_mae_observed"]  # two different predictions of each reward

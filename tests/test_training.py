@@ -134,6 +134,7 @@ def test_transformer_loss_goes_down_resumes_and_exports(setup, tokenizer_run):
     assert "val_ce" in records[3] and "val_reward_mse" in records[3]
     exported = checkpoint.load(setup / "exp")
     assert exported.cfg.transformer.action_dim == 4 and exported.cfg.transformer.reward_head
+    assert exported.cfg.future_encode_dtype == "float32"  # --tokenize-dtype fp32: how its targets were encoded
     # the tokenizer stayed frozen
     torch.testing.assert_close(
         exported.tokenizer.state_dict()["cond_decoder.conv_out.weight"],

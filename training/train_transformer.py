@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from torch import nn
 
 from ivideogpt import checkpoint
 from ivideogpt.config import PRESETS, preset
+from ivideogpt.engine.tokenizer_steps import FutureEncode
 from ivideogpt.model import WorldModel
 from ivideogpt.tokens import TokenLayout
 from ivideogpt.transformer import WorldModelTransformer
@@ -70,6 +72,8 @@ def build_model(args: argparse.Namespace) -> WorldModel:
         resized = WorldModel(cfg)
         resized.load_state_dict(model.state_dict())
         model = resized
+    encode_dtype = {"fp32": "float32", "bf16": "bfloat16"}[args.tokenize_dtype]
+    model.cfg = dataclasses.replace(model.cfg, future_encode_dtype=encode_dtype)
     return model
 
 
@@ -105,11 +109,11 @@ def tokenize_clips(
     n_future: int,
     stride: int,
     batch: int = 32,
-    future_dtype: str = "bf16",
     progress: bool = True,
 ) -> TokenClips:
     """Every ``stride``-th window of c + n frames -> token sequences (context ids in fp32, as
-    inference computes them; future ids under ``future_dtype`` autocast, they are targets)."""
+    inference computes them; future ids as the model's ``future_encode_dtype`` says, as an
+    observed frame is encoded: ``FutureEncode``)."""
     from tqdm import tqdm
 
     tok, layout = model.tokenizer.eval(), model.layout
@@ -121,8 +125,7 @@ def tokenize_clips(
         clips = clip_batch(episodes, starts[i : i + batch], c, n_future)
         frames = clips.frames.to(device)
         ctx_ids, feats = tok.encode_context(frames[:, :c])
-        with loop.autocast(device, future_dtype):
-            fut_ids = tok.encode_future(frames[:, c:], feats)
+        fut_ids = FutureEncode(tok, model.cfg.future_encode_dtype)(frames[:, c:], *feats)
         ids.append(layout.build(ctx_ids, fut_ids).cpu())
         actions.append(clips.actions)
         rewards.append(clips.rewards)
@@ -167,11 +170,11 @@ def cached_clips(
     digest = hashlib.sha1()
     for v in model.tokenizer.state_dict().values():
         digest.update(v.detach().cpu().float().numpy().tobytes())
-    digest.update(f"{[e.name for e in episodes]}{args.n_future}{args.stride}{args.tokenize_dtype}".encode())
+    digest.update(f"{[e.name for e in episodes]}{args.n_future}{args.stride}{model.cfg.future_encode_dtype}".encode())
     path = run / f"tokens-{tag}-{digest.hexdigest()[:12]}.pt"
     if path.is_file():
         return TokenClips(**torch.load(path))
-    clips = tokenize_clips(model, episodes, args.n_future, args.stride, future_dtype=args.tokenize_dtype)
+    clips = tokenize_clips(model, episodes, args.n_future, args.stride)
     torch.save(vars(clips), path)
     return clips
 
@@ -282,7 +285,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--n-future", type=int, default=12, help="future frames per clip")
     p.add_argument("--stride", type=int, default=8, help="frames between the starts of tokenized windows")
-    p.add_argument("--tokenize-dtype", default="bf16", choices=list(loop.DTYPES))
+    p.add_argument(
+        "--tokenize-dtype",
+        default="bf16",
+        choices=list(loop.DTYPES),
+        help="the future encoder's dtype for the targets; saved in the model's config, observed frames are encoded so",
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.01)

@@ -2,6 +2,7 @@
 
     python clients/examples/plan_metaworld.py --url http://127.0.0.1:8000 --seeds 10 --json plan.json
     python clients/examples/plan_metaworld.py --quick        # 2 seeds of 8 steps (what the test runs)
+    python clients/examples/plan_metaworld.py --check-model --seeds 3   # where planning fails: model or search
 
 One session per episode, opened on the episode's first two real frames. Every control step
 asks the service for a plan (``session.plan``: CEM or MPPI on the gateway, each iteration one
@@ -59,6 +60,7 @@ class Policy:
     """A controller of one episode: told the first two real frames, asked for actions, told what came of them."""
 
     imagined_frames = 0
+    predicted: list[float] | None = None  # a planner's: its predicted reward for each action it ran
 
     def start(self, context: np.ndarray) -> None:
         pass
@@ -80,6 +82,7 @@ class ServicePlanner(Policy):
         self.client, self.method, self.settings, self.seed = client, method, settings, seed
         self.session: Session | None = None
         self.mean: np.ndarray | None = None  # the last plan, shifted by one: the next plan's warm start
+        self.predicted = []
 
     def start(self, context: np.ndarray) -> None:
         # greedy tokens: one deterministic future per sequence, scores that do not change by luck
@@ -89,6 +92,7 @@ class ServicePlanner(Policy):
         assert self.session is not None, "start() first"
         plan = self.session.plan(**asdict(self.settings), method=self.method, seed=self.seed, init_mean=self.mean)
         self.imagined_frames += plan.imagined_frames
+        self.predicted.append(float(plan.predicted_rewards[0]))
         self.mean = np.concatenate([plan.actions[1:], plan.actions[-1:]])
         return plan.actions[0]
 
@@ -133,6 +137,8 @@ class Episode:
     imagined_frames: int
     frames: list[np.ndarray] = field(default_factory=list, repr=False)
     rewards: list[float] = field(default_factory=list, repr=False)
+    actions: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32), repr=False)  # after the no-op
+    predicted_return: float | None = None  # a planner's: the sum of its predicted rewards for the actions it ran
 
 
 def run_episode(env: Renderer, name: str, policy: Policy, seed: int, steps: int) -> Episode:
@@ -140,7 +146,7 @@ def run_episode(env: Renderer, name: str, policy: Policy, seed: int, steps: int)
     two real frames the model needs as its context (the data's episodes also start right after reset)."""
     env.env.seed(seed)
     obs, _ = env.env.reset()
-    frames, rewards, success, seconds = [env.frame()], [], False, []
+    frames, rewards, success, seconds, actions = [env.frame()], [], False, [], []
 
     def execute(action: np.ndarray) -> None:
         nonlocal obs, success
@@ -161,11 +167,67 @@ def run_episode(env: Renderer, name: str, policy: Policy, seed: int, steps: int)
             execute(action)
             policy.observe(frames[-1], action)
             seconds.append(time.perf_counter() - t0)
+            actions.append(action)
     finally:
         policy.close()
     return Episode(
-        name, seed, float(sum(rewards)), success, float(np.mean(seconds)), policy.imagined_frames, frames, rewards
+        name,
+        seed,
+        float(sum(rewards)),
+        success,
+        float(np.mean(seconds)),
+        policy.imagined_frames,
+        frames,
+        rewards,
+        np.array(actions, np.float32).reshape(-1, 4),
+        None if policy.predicted is None else float(sum(policy.predicted)),
     )
+
+
+def check_model(
+    env: Renderer, client: WorldModelClient, settings: PlanSettings, task: str, seed: int, steps: int
+) -> dict:
+    """Where the planner's failure lies, on one expert episode replayed through a session.
+
+    At every control step: the model's discounted score of the expert's next ``horizon`` actions
+    against the score of the plan it would have made (the model prefers the expert: the search is
+    short; it prefers its plan: the model ranks wrongly); and the reward head's error on the real
+    frame once observed against its error on the frame it imagined for the same action (large only
+    when imagined: the frames are wrong; large on real frames too: the reward head is)."""
+    expert = run_episode(env, "expert", ExpertPolicy(task), seed, steps)
+    actions = expert.actions
+    true_rewards = np.array(expert.rewards[1:], np.float32)  # after each control step (the first is the no-op)
+    weights = settings.discount ** np.arange(settings.horizon)
+    rows = []
+    with client.session(np.stack(expert.frames[:2]), seed=seed, greedy=True) as session:
+        mean = None
+        for t in range(steps - 1):
+            plan = session.plan(**asdict(settings), method="cem", seed=seed, init_mean=mean)
+            mean = np.concatenate([plan.actions[1:], plan.actions[-1:]])
+            ahead = actions[t : t + settings.horizon]
+            ahead = np.concatenate([ahead, np.repeat(ahead[-1:], settings.horizon - len(ahead), 0)])
+            imagined = session.imagine(ahead[None])[0]
+            observed = session.observe(expert.frames[t + 2], actions[t])
+            rows.append((imagined @ weights, plan.score, imagined[0], observed[0], true_rewards[t]))
+    expert_score, plan_score, imagined_first, observed_reward, truth = np.array(rows, np.float64).T
+    pressed = truth >= np.quantile(truth, 0.75)  # the episode's best quarter: the press, for the expert
+    return {
+        "expert_preferred": float(np.mean(expert_score >= plan_score)),
+        "expert_score_mean": float(expert_score.mean()),
+        "plan_score_mean": float(plan_score.mean()),
+        "reward_mae_observed": float(np.abs(observed_reward - truth).mean()),
+        "reward_mae_imagined": float(np.abs(imagined_first - truth).mean()),
+        "reward_mae_observed_top_quarter": float(np.abs(observed_reward - truth)[pressed].mean()),
+        "reward_mae_imagined_top_quarter": float(np.abs(imagined_first - truth)[pressed].mean()),
+        "true_reward_mean": float(truth.mean()),
+        "per_step": {
+            "expert_score": expert_score.tolist(),
+            "plan_score": plan_score.tolist(),
+            "imagined_reward": imagined_first.tolist(),
+            "observed_reward": observed_reward.tolist(),
+            "true_reward": truth.tolist(),
+        },
+    }
 
 
 def summary(episodes: list[Episode]) -> dict[str, dict]:
@@ -181,6 +243,9 @@ def summary(episodes: list[Episode]) -> dict[str, dict]:
             "seconds_per_step": float(np.mean([e.seconds_per_step for e in eps])),
             "imagined_frames": int(sum(e.imagined_frames for e in eps)),
         }
+        if eps[0].predicted_return is not None:  # what the model promised for the actions run, and what came
+            out[name]["predicted_return_mean"] = float(np.mean([e.predicted_return for e in eps]))
+            out[name]["planned_return_mean"] = float(np.mean([sum(e.rewards[1:]) for e in eps]))
     return out
 
 
@@ -192,6 +257,8 @@ def per_seed(episodes: list[Episode]) -> dict[str, dict[str, dict]]:
             "success": e.success,
             "seconds_per_step": e.seconds_per_step,
         }
+        if e.predicted_return is not None:
+            out[e.policy][str(e.seed)]["predicted_return"] = e.predicted_return
     return out
 
 
@@ -254,6 +321,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="2 seeds of 8 steps, population 16, horizon 4")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--gif", type=Path, default=None, help="write a planned episode here (.gif): the first success")
+    p.add_argument(
+        "--check-model",
+        action="store_true",
+        help="instead of the policies: replay the expert's episodes and measure where planning fails (model or search)",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.seeds, a.steps, a.population, a.horizon, a.iterations, a.elites = 2, 8, 16, 4, 2, 4
@@ -262,11 +334,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     env = Renderer(a.task, resolution=64, camera="corner")
     episodes: list[Episode] = []
+    seeds = range(a.first_seed, a.first_seed + a.seeds)
     with WorldModelClient(a.url, api_key=a.api_key) as client, _closing(env):
         size = client.model()["image_size"]
         assert size == 64, f"the served model takes {size}x{size} frames; this example renders 64x64"
+        if a.check_model:
+            checks = {str(seed): check_model(env, client, settings, a.task, seed, a.steps) for seed in seeds}
+            for seed, c in checks.items():
+                figures = ", ".join(f"{k} {v:.3f}" for k, v in c.items() if k != "per_step")
+                print(f"seed {seed}: {figures}", flush=True)
+            result = {"task": a.task, "planner": asdict(settings), "model_check": checks}
+            if a.json:
+                a.json.write_text(json.dumps(result, indent=1) + "\n")
+            return result
         for name in names:
-            for seed in range(a.first_seed, a.first_seed + a.seeds):
+            for seed in seeds:
                 ep = run_episode(env, name, make_policy(name, client, settings, a.task, seed), seed, a.steps)
                 episodes.append(ep)
                 print(
@@ -282,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "task": a.task,
         "steps": a.steps,
-        "seeds": list(range(a.first_seed, a.first_seed + a.seeds)),
+        "seeds": list(seeds),
         "planner": asdict(settings),
         "policies": stats,
         "per_seed": per_seed(episodes),

@@ -82,7 +82,7 @@ class ModelRunner:
         modules: dict[str, nn.Module] = {
             "context_encode": ContextEncode(tok),
             "context_decode": ContextDecode(tok),
-            "future_encode": FutureEncode(tok),
+            "future_encode": FutureEncode(tok, model.cfg.future_encode_dtype),
             "future_decode": FutureDecode(tok),
             "transformer_embed": TransformerEmbed(trm),
             "transformer_prefill": TransformerPrefill(trm),

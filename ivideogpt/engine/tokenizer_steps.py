@@ -48,14 +48,20 @@ class ContextDecode(nn.Module):
 
 
 class FutureEncode(nn.Module):
-    """Observed frames [B, n, 3, H, W] in [0, 1] and the encoder features of B contexts -> future ids [B, n, F]."""
+    """Observed frames [B, n, 3, H, W] in [0, 1] and the encoder features of B contexts -> future ids [B, n, F].
 
-    def __init__(self, tokenizer: CompressiveTokenizer):
+    Under bf16 autocast when the model's transformer was trained on future tokens encoded so
+    (``ModelConfig.future_encode_dtype``); a trace records the casts.
+    """
+
+    def __init__(self, tokenizer: CompressiveTokenizer, encode_dtype: str = "float32"):
         super().__init__()
         self.tokenizer = _with_only(tokenizer, "cond_encoder", "quant_linear", "dynamics_quantize")
+        self.bf16 = encode_dtype == "bfloat16"
 
     def forward(self, frames: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
-        return self.tokenizer.encode_future(frames, list(features))
+        with torch.autocast(frames.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.tokenizer.encode_future(frames, list(features))
 
 
 class FutureDecode(nn.Module):
