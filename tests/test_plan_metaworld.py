@@ -62,8 +62,9 @@ def test_quick_mode_plans_against_the_real_environment(gw: Gateway, tmp_path: Pa
         # a planner reports what its model promised for the actions it ran
         assert ("predicted_return_mean" in stats) == (name == "cem")
     cem = result["policies"]["cem"]
-    predicted = [r["predicted_return"] for r in result["per_seed"]["cem"].values()]
-    assert cem["predicted_return_mean"] == pytest.approx(np.mean(predicted)) and all(map(math.isfinite, predicted))
+    for key in ("predicted_return", "observed_return"):  # the model's rewards: for its plans, for the real frames
+        per_seed = [r[key] for r in result["per_seed"]["cem"].values()]
+        assert cem[f"{key}_mean"] == pytest.approx(np.mean(per_seed)) and all(map(math.isfinite, per_seed))
     assert cem["planned_return_mean"] <= cem["return_mean"] + 1e-6  # the no-op's reward is not the plan's
     # every control step but the first (a no-op) planned once and observed its real frame
     settings, control_steps = result["planner"], 2 * (result["steps"] - 1)

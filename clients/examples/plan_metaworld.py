@@ -61,6 +61,7 @@ class Policy:
 
     imagined_frames = 0
     predicted: list[float] | None = None  # a planner's: its predicted reward for each action it ran
+    observed: list[float] | None = None  # a planner's: the reward head's on each real frame it observed
 
     def start(self, context: np.ndarray) -> None:
         pass
@@ -82,7 +83,7 @@ class ServicePlanner(Policy):
         self.client, self.method, self.settings, self.seed = client, method, settings, seed
         self.session: Session | None = None
         self.mean: np.ndarray | None = None  # the last plan, shifted by one: the next plan's warm start
-        self.predicted = []
+        self.predicted, self.observed = [], []
 
     def start(self, context: np.ndarray) -> None:
         # greedy tokens: one deterministic future per sequence, scores that do not change by luck
@@ -98,7 +99,7 @@ class ServicePlanner(Policy):
 
     def observe(self, frame: np.ndarray, action: np.ndarray) -> None:
         assert self.session is not None, "start() first"
-        self.session.observe(frame, action)
+        self.observed.append(float(self.session.observe(frame, action)[0]))
 
     def close(self) -> None:
         if self.session is not None:
@@ -139,6 +140,7 @@ class Episode:
     rewards: list[float] = field(default_factory=list, repr=False)
     actions: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32), repr=False)  # after the no-op
     predicted_return: float | None = None  # a planner's: the sum of its predicted rewards for the actions it ran
+    observed_return: float | None = None  # a planner's: the sum of the reward head's on the real frames
 
 
 def run_episode(env: Renderer, name: str, policy: Policy, seed: int, steps: int) -> Episode:
@@ -181,6 +183,7 @@ def run_episode(env: Renderer, name: str, policy: Policy, seed: int, steps: int)
         rewards,
         np.array(actions, np.float32).reshape(-1, 4),
         None if policy.predicted is None else float(sum(policy.predicted)),
+        None if policy.observed is None else float(sum(policy.observed)),
     )
 
 
@@ -245,6 +248,7 @@ def summary(episodes: list[Episode]) -> dict[str, dict]:
         }
         if eps[0].predicted_return is not None:  # what the model promised for the actions run, and what came
             out[name]["predicted_return_mean"] = float(np.mean([e.predicted_return for e in eps]))
+            out[name]["observed_return_mean"] = float(np.mean([e.observed_return for e in eps]))
             out[name]["planned_return_mean"] = float(np.mean([sum(e.rewards[1:]) for e in eps]))
     return out
 
@@ -259,6 +263,7 @@ def per_seed(episodes: list[Episode]) -> dict[str, dict[str, dict]]:
         }
         if e.predicted_return is not None:
             out[e.policy][str(e.seed)]["predicted_return"] = e.predicted_return
+            out[e.policy][str(e.seed)]["observed_return"] = e.observed_return
     return out
 
 
