@@ -196,11 +196,11 @@ def report(times: dict[str, list[float]], steps: int, model: Path) -> list[str]:
         "",
         *rows,
         "",
-        "Where the overhead goes: every transport crosses two more threads than the in-process call "
-        "(event loop -> worker thread running the engine's blocking step -> event loop; the engine's "
-        "token thread is common to both), and each wake-up waits for a core when the machine is "
-        "loaded; `service in process` is the session service (lease, history append, last result, "
-        "the worker thread) without any transport or second process; REST adds HTTP parsing and pydantic validation "
+        "Where the overhead goes: a step is awaited on the event loop and completed by the engine's "
+        "threads (`RolloutEngine.step_nowait`; the in-process call blocks on the same threads), so every "
+        "transport adds the event loop's wake-ups, each waiting for a core when the machine is loaded; "
+        "`service in process` is the session service (lease, history append, last result) without any "
+        "transport or second process; REST adds HTTP parsing and pydantic validation "
         "(about 1 ms round trip for a GET on this machine) and JSON adds the PNG encoding. On these shared "
         "2-core machines (load 2-4 from other work) the overheads move by several milliseconds between runs: "
         "read met/missed as indicative; the order (service < gRPC < msgpack < JSON) is what repeats.",

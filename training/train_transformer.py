@@ -117,6 +117,7 @@ def tokenize_clips(
     from tqdm import tqdm
 
     tok, layout = model.tokenizer.eval(), model.layout
+    encode_future = FutureEncode(tok, model.cfg.future_encode_dtype)
     c = layout.context_length
     starts = [(e, s) for e, ep in enumerate(episodes) for s in range(0, len(ep) - c - n_future + 1, stride)]
     ids, actions, rewards = [], [], []
@@ -125,7 +126,7 @@ def tokenize_clips(
         clips = clip_batch(episodes, starts[i : i + batch], c, n_future)
         frames = clips.frames.to(device)
         ctx_ids, feats = tok.encode_context(frames[:, :c])
-        fut_ids = FutureEncode(tok, model.cfg.future_encode_dtype)(frames[:, c:], *feats)
+        fut_ids = encode_future(frames[:, c:], *feats)
         ids.append(layout.build(ctx_ids, fut_ids).cpu())
         actions.append(clips.actions)
         rewards.append(clips.rewards)
