@@ -65,9 +65,11 @@ def test_observe_appends_the_future_encoders_tokens(model: WorldModel, engine: R
 
 def test_observed_frames_are_encoded_as_the_transformers_targets_were(tmp_path) -> None:
     """A model whose transformer learned future tokens encoded under bf16 autocast (training's default)
-    says so in its config; observe then encodes the same way, eager and exported alike."""
+    says so in its config; observe then encodes the same way (its products emulated in fp32), eager
+    and exported alike."""
     import dataclasses
 
+    from ivideogpt.emulated_bf16 import EmulatedBF16
     from training.export import export
 
     bf16 = small_model()
@@ -78,8 +80,8 @@ def test_observed_frames_are_encoded_as_the_transformers_targets_were(tmp_path) 
     with torch.no_grad():
         _, features = bf16.tokenizer.encode_context(as_float(ctx)[None])
         fp32 = bf16.tokenizer.encode_future(as_float(seen)[None], features)[0]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            expected = bf16.tokenizer.encode_future(as_float(seen)[None], features)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16), EmulatedBF16("cpu"):  # one frame at a time, as observe
+            expected = torch.cat([bf16.tokenizer.encode_future(as_float(f)[None, None], features)[0] for f in seen])
     assert not torch.equal(expected, fp32)
     repo = export(bf16, tmp_path / "repo")
     for eng in (RolloutEngine(bf16, EngineConfig(cache_bytes=32 << 20)), RolloutEngine.from_repository(repo)):

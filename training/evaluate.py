@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ivideogpt import checkpoint
 from ivideogpt.engine import EngineConfig, RolloutEngine
+from ivideogpt.engine.tokenizer_steps import FutureEncode
 from ivideogpt.model import WorldModel
 from ivideogpt.sampling import SamplingParams
 from training.data import Episode, frames_to_tensor, load_episodes
@@ -105,10 +106,11 @@ def action_permutation(n: int, seed: int = 0) -> np.ndarray:
 def tokenizer_reconstruction(
     model: WorldModel, context: torch.Tensor, future: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode + decode the true context and future frames: what a perfect transformer could show."""
+    """Encode + decode the true context and future frames: what a perfect transformer could show
+    (future frames encoded as the transformer's targets were and a session's observations are)."""
     tok = model.tokenizer
     ctx_ids, enc_feats = tok.encode_context(context)
-    fut_ids = tok.encode_future(future, enc_feats)
+    fut_ids = FutureEncode(tok, model.cfg.future_encode_dtype)(future, *enc_feats)
     ctx_recon, dec_feats = tok.decode_context(ctx_ids)
     return ctx_recon, tok.decode_future(fut_ids, dec_feats)
 

@@ -9,6 +9,7 @@ import copy
 import torch
 from torch import nn
 
+from ivideogpt.emulated_bf16 import EmulatedBF16
 from ivideogpt.tokenizer import CompressiveTokenizer
 
 
@@ -51,7 +52,9 @@ class FutureEncode(nn.Module):
     """Observed frames [B, n, 3, H, W] in [0, 1] and the encoder features of B contexts -> future ids [B, n, F].
 
     Under bf16 autocast when the model's transformer was trained on future tokens encoded so
-    (``ModelConfig.future_encode_dtype``); a trace records the casts.
+    (``ModelConfig.future_encode_dtype``), its matrix products emulated in fp32 (``EmulatedBF16``:
+    the same ids on every host, and fast where the CPU has no bf16 instructions); a trace records
+    the casts.
     """
 
     def __init__(self, tokenizer: CompressiveTokenizer, encode_dtype: str = "float32"):
@@ -60,7 +63,10 @@ class FutureEncode(nn.Module):
         self.bf16 = encode_dtype == "bfloat16"
 
     def forward(self, frames: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(frames.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        if not self.bf16:
+            return self.tokenizer.encode_future(frames, list(features))
+        device = frames.device.type
+        with torch.autocast(device, dtype=torch.bfloat16), EmulatedBF16(device):
             return self.tokenizer.encode_future(frames, list(features))
 
 
