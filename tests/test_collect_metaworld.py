@@ -77,3 +77,30 @@ def test_resume_skips_finished_shards(tmp_path):
     manifest = _collect(tmp_path)
     assert done.stat().st_mtime == 1
     assert missing.is_file() and manifest["episodes"] == 2
+
+
+def test_nearmiss_aims_beside_the_object(tmp_path):
+    """The near-miss expert ends with the hand away from the button; the expert presses it.
+    Episodes alternate policies by index, and the manifest records the cycle."""
+    steps, task = 40, "button-press-topdown-v3"
+    manifest = collect(
+        tmp_path,
+        tasks=(task,),
+        episodes=8,
+        steps=steps,
+        seed=3,
+        workers=1,
+        progress=False,
+        policies=("expert", "nearmiss"),
+    )
+    assert manifest["policy_mix"]["cycle"] == ["expert", "nearmiss"]
+    assert [s["policy"] for s in manifest["shards"]] == ["expert", "nearmiss"] * 4
+    episodes = load_episodes(tmp_path)
+    expert, nearmiss = episodes[0::2], episodes[1::2]
+    # the press itself (~17 per step) is reached by the expert; a near-miss aimed 3-20 cm away
+    # stays at the reach rewards (< 8 per step) unless it turned to the button late (half of
+    # them do); with no offset the same noisy expert ends at 15.8 (median of these four)
+    assert all(e.rewards[-5:].mean() > 12 for e in expert)
+    assert np.median([e.rewards[-5:].mean() for e in nearmiss]) < 8
+    with pytest.raises(ValueError, match="unknown"):
+        collect(tmp_path / "x", tasks=(task,), episodes=1, steps=2, workers=1, progress=False, policies=("oops",))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ivideogpt.transformer import symlog
-from training.data import ClipSampler, ShardError, clip_batch, load_episodes, load_shard, split_names
+from training.data import ClipSampler, ShardError, clip_batch, load_episodes, load_shard, load_split, split_names
 
 T, A = 20, 4
 
@@ -90,6 +90,37 @@ def test_split_is_deterministic_and_stable():
     assert 5 <= len(heldout) <= 40
     _, more = split_names([*names, *(f"task/ep{i:05d}.npz" for i in range(200, 400))], 0.1)
     assert set(heldout) <= set(more)  # adding shards never moves an existing one
+
+
+def _collection(folder, n: int, frame_size: int = 8) -> None:
+    for i in range(n):
+        arrays = indexed_episode()
+        arrays["frames"] = np.zeros((T, frame_size, frame_size, 3), np.uint8)
+        write(folder, f"toy/ep{i:05d}.npz", arrays)
+    (folder / "manifest.json").write_text(json.dumps({"shards": [{"path": f"toy/ep{i:05d}.npz"} for i in range(n)]}))
+
+
+def test_several_folders_split_each_on_its_own(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _collection(a, 60)
+    _collection(b, 40)
+    alone_train, alone_held = load_split([str(a)], 0.1)
+    train, held = load_split([str(a), str(b)], 0.1)
+    # a's split is the same with b beside it (names prefixed by the folder), b's is its own
+    assert [f"{a}/{e.name}" for e in alone_train] == [e.name for e in train if e.name.startswith(str(a))]
+    assert [f"{a}/{e.name}" for e in alone_held] == [e.name for e in held if e.name.startswith(str(a))]
+    b_train, b_held = load_split([str(b)], 0.1)
+    assert [f"{b}/{e.name}" for e in b_held] == [e.name for e in held if e.name.startswith(str(b))]
+    assert len(train) == len(alone_train) + len(b_train) and alone_held and b_held
+    assert not {e.name for e in train} & {e.name for e in held}
+    # a folder too small to hold one out lends its first training episodes to validation
+    c = tmp_path / "c"
+    _collection(c, 1)
+    assert [e.name for e in load_split([str(c)], 0.01, min_heldout=1)[1]] == ["toy/ep00000.npz"]
+    # collections trained together must agree on the frame size
+    _collection(c, 1, frame_size=16)
+    with pytest.raises(ShardError, match="field 'frames' has size 16, others 8"):
+        load_split([str(a), str(c)], 0.1)
 
 
 @pytest.mark.parametrize(

@@ -225,3 +225,26 @@ def test_max_positions_sets_the_positions_the_model_serves(setup, tokenizer_run)
     with pytest.raises(ValueError, match="exceeds max_positions"):  # clips longer than the positions
         too_short = trm_args(setup, setup / "trm_too_short", 2, "--max-positions", str(trained - 1))
         train_transformer.train(train_transformer.parse_args(too_short))
+
+
+def test_fine_tune_on_two_collections_trains_only_the_named_parts(setup, tokenizer_run):
+    """--init a trained model (its own tokenizer: no --tokenizer), a second collection beside the
+    first (--data A B), and --train-only: the other weights stay exactly as they were."""
+    base = setup / "ft_base"
+    train_transformer.train(
+        train_transformer.parse_args(trm_args(setup, setup / "trm_ft_base", 2, "--export", str(base)))
+    )
+    make_shards(setup / "more", episodes=4, seed=1)
+    last = f"layers.{checkpoint.load(base).cfg.transformer.n_layers - 1}"
+    args = trm_args(setup, setup / "trm_ft", 4, "--train-only", last, "reward_head", "--export", str(setup / "ft"))
+    args[args.index("--init") + 1] = str(base)
+    del args[args.index("--tokenizer") : args.index("--tokenizer") + 2]
+    args[args.index("--data") + 1 : args.index("--data") + 2] = [str(setup / "data"), str(setup / "more")]
+    train_transformer.train(train_transformer.parse_args(args))
+    before, after = _state(base), _state(setup / "ft")
+    for name, value in before.items():
+        trained = name.startswith((f"transformer.{last}.", "transformer.reward_head."))
+        assert torch.equal(value, after[name]) != trained, name
+    with pytest.raises(ValueError, match="no transformer parameter"):
+        args = trm_args(setup, setup / "trm_ft_none", 1, "--train-only", "nothing")
+        train_transformer.train(train_transformer.parse_args(args))

@@ -36,8 +36,15 @@ DEFAULT_TASKS = (
     "drawer-open-v3",
     "door-open-v3",
 )
-# policy of episode i is POLICY_CYCLE[i % len(POLICY_CYCLE)]: 40% expert, 40% noisy, 20% random
+# policy of episode i is policies[i % len(policies)]; the default: 40% expert, 40% noisy, 20% random
 POLICY_CYCLE = ("expert", "noisy", "random", "expert", "noisy")
+POLICIES = ("expert", "noisy", "random", "nearmiss")
+# nearmiss: the expert aims at the task's object and goal shifted by NEARMISS_OFFSET_M (a random
+# horizontal direction), so the hand ends beside the object (the low rewards a planner must tell
+# from a success); with probability NEARMISS_RETARGET_P it turns to the true target after a random step
+NEARMISS_OFFSET_M = (0.03, 0.2)
+NEARMISS_RETARGET_P = 0.5
+NEARMISS_NOISE_STD = 0.1
 
 
 @dataclass(frozen=True)
@@ -50,10 +57,11 @@ class EpisodeSpec:
     action_repeat: int
     noise_std: float
     camera: str
+    policies: tuple[str, ...] = POLICY_CYCLE
 
     @property
     def policy(self) -> str:
-        return POLICY_CYCLE[self.index % len(POLICY_CYCLE)]
+        return self.policies[self.index % len(self.policies)]
 
     @property
     def episode_seed(self) -> int:
@@ -113,17 +121,29 @@ def run_episode(spec: EpisodeSpec) -> dict[str, np.ndarray]:
     obs, _ = r.env.reset()
     expert = ENV_POLICY_MAP[spec.task]()
 
+    if spec.policy == "nearmiss":
+        angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(*NEARMISS_OFFSET_M)
+        offset = dist * np.array([np.cos(angle), np.sin(angle), 0.0])
+        retarget_at = int(rng.integers(spec.steps // 3, spec.steps)) if rng.random() < NEARMISS_RETARGET_P else None
+
     frames = [r.frame()]
     actions, rewards, success = [], [0.0], False
-    for _ in range(spec.steps):
+    for t in range(spec.steps):
         if spec.policy == "random":
             action = rng.uniform(-1, 1, size=4)
         else:
+            seen = obs
+            if spec.policy == "nearmiss" and (retarget_at is None or t < retarget_at):
+                seen = obs.copy()  # the 39-d observation: [4:7] the object's position, [-3:] the goal
+                seen[4:7] += offset
+                seen[-3:] += offset
             with warnings.catch_warnings():  # "Constant(s) may be too high": the env clips
                 warnings.simplefilter("ignore")
-                action = np.asarray(expert.get_action(obs), dtype=np.float64)
+                action = np.asarray(expert.get_action(seen), dtype=np.float64)
             if spec.policy == "noisy":
                 action = action + rng.normal(0, spec.noise_std, size=4)
+            elif spec.policy == "nearmiss":
+                action = action + rng.normal(0, NEARMISS_NOISE_STD, size=4)
         action = np.clip(action, -1, 1).astype(np.float32)
         reward = 0.0
         for _ in range(spec.action_repeat):  # rewards summed over the repeat, as DrQ does
@@ -177,14 +197,18 @@ def collect(
     noise_std: float = 0.3,
     camera: str = "corner",
     progress: bool = True,
+    policies: tuple[str, ...] = POLICY_CYCLE,
 ) -> dict:
     """Collect ``episodes`` per task into ``out`` and write ``out/manifest.json``."""
     from tqdm import tqdm
 
+    unknown = sorted(set(policies) - set(POLICIES))
+    if unknown or not policies:
+        raise ValueError(f"policies: unknown {unknown or 'none given'}; choose from {list(POLICIES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     specs = [
-        EpisodeSpec(task, i, seed, steps, resolution, action_repeat, noise_std, camera)
+        EpisodeSpec(task, i, seed, steps, resolution, action_repeat, noise_std, camera, tuple(policies))
         for task in tasks
         for i in range(episodes)
     ]
@@ -211,7 +235,7 @@ def collect(
         "action_repeat": action_repeat,
         "camera": camera,
         "seed": seed,
-        "policy_mix": {"cycle": list(POLICY_CYCLE), "noise_std": noise_std},
+        "policy_mix": {"cycle": list(policies), "noise_std": noise_std},
         "conventions": "frames[t] obs at step t; actions[t] taken at frame t; rewards[t] received entering frame t",
         "shards": entries,
     }
@@ -237,6 +261,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--action-repeat", type=int, default=2)
     p.add_argument("--noise-std", type=float, default=0.3)
     p.add_argument("--camera", default="corner")
+    p.add_argument(
+        "--policies",
+        default=",".join(POLICY_CYCLE),
+        help=f"comma-separated cycle: episode i runs policy i mod its length (of {', '.join(POLICIES)})",
+    )
     a = p.parse_args(argv)
     collect(
         a.out,
@@ -249,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         a.action_repeat,
         a.noise_std,
         a.camera,
+        policies=tuple(x for x in a.policies.split(",") if x),
     )
 
 

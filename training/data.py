@@ -89,14 +89,41 @@ def load_episodes(folder: str | Path, names: list[str] | None = None) -> list[Ep
     if names is None:
         names = [s["path"] for s in load_manifest(folder)["shards"]]
     episodes = [load_shard(folder / n, name=n) for n in names]
+    check_alike(episodes, folder)
+    return episodes
+
+
+def check_alike(episodes: list[Episode], folder: str | Path = "") -> None:
+    """One frame size and one action dim across the episodes trained on together."""
     if episodes:
         size, adim = episodes[0].frames.shape[1], episodes[0].actions.shape[1]
         for e in episodes:
+            where = Path(folder) / e.name
             if e.frames.shape[1] != size:
-                raise ShardError(f"{folder / e.name}: field 'frames' has size {e.frames.shape[1]}, others {size}")
+                raise ShardError(f"{where}: field 'frames' has size {e.frames.shape[1]}, others {size}")
             if e.actions.shape[1] != adim:
-                raise ShardError(f"{folder / e.name}: field 'actions' has dim {e.actions.shape[1]}, others {adim}")
-    return episodes
+                raise ShardError(f"{where}: field 'actions' has dim {e.actions.shape[1]}, others {adim}")
+
+
+def load_split(
+    folders: list[str], heldout_fraction: float, min_heldout: int = 1
+) -> tuple[list[Episode], list[Episode]]:
+    """Training and held-out episodes of one or more collections. Each folder is split on its own
+    (``split_names`` on its manifest), so adding a folder leaves the others' splits unchanged; with
+    several folders an episode's name is prefixed by its folder's. A folder too small to hold any
+    episode out lends its first ``min_heldout`` training episodes to validation."""
+    train, heldout = [], []
+    for folder in folders:
+        names = [s["path"] for s in load_manifest(folder)["shards"]]
+        t, h = split_names(names, heldout_fraction, seed=0)
+        t_eps, h_eps = load_episodes(folder, t), load_episodes(folder, h or t[:min_heldout])
+        if len(folders) > 1:
+            for e in t_eps + h_eps:
+                e.name = f"{folder}/{e.name}"
+        train += t_eps
+        heldout += h_eps
+    check_alike(train + heldout)
+    return train, heldout
 
 
 def split_names(names: list[str], heldout_fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:

@@ -26,7 +26,7 @@ from ivideogpt.config import PRESETS, preset
 from ivideogpt.model import WorldModel
 from ivideogpt.tokenizer import CompressiveTokenizer
 from training import loop
-from training.data import ClipSampler, TokenizerBatch, load_episodes, load_manifest, split_names
+from training.data import ClipSampler, TokenizerBatch, load_split
 
 # what turns frames into token ids: frozen by --decoders-only, so the ids (and a transformer
 # trained on them) stay valid while the decoders keep improving
@@ -122,10 +122,7 @@ def train(args: argparse.Namespace) -> Path:
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
 
-    names = [s["path"] for s in load_manifest(args.data)["shards"]]
-    train_names, heldout_names = split_names(names, args.heldout_fraction, seed=0)
-    train_eps = load_episodes(args.data, train_names)
-    heldout_eps = load_episodes(args.data, heldout_names or train_names[:1])
+    train_eps, heldout_eps = load_split(args.data, args.heldout_fraction)
 
     resumed = loop.resume_state(run)
     model = checkpoint.load(run / "checkpoint") if resumed else build_model(args)
@@ -236,7 +233,6 @@ def train(args: argparse.Namespace) -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="data/metaworld", help="folder with manifest.json and shards")
     p.add_argument("--run", default="runs/tokenizer", help="run folder (checkpoint, metrics, loss.png)")
     p.add_argument("--preset", default="tiny", choices=list(PRESETS))
     p.add_argument("--init", default=None, help="start from one of our checkpoints (fine-tuning)")
