@@ -25,6 +25,7 @@ import torch
 from ivideogpt.checkpoint import load
 from ivideogpt.config import preset
 from ivideogpt.engine import EngineConfig, RolloutEngine
+from ivideogpt.engine.tokenizer_steps import FutureEncode
 from ivideogpt.int8_linear import int8_transformer
 from ivideogpt.model import WorldModel
 from ivideogpt.planning import PlanSpec
@@ -312,7 +313,40 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     # 11. the pixel options on the shipped model: bf16 pixels, batched imagine frames (each vs the default)
     for name, value in pixel_options(quick).items():
         report(name, value)
+
+    # 12. one observed frame on the shipped model; its future encoder's emulated bf16 vs native bf16 here
+    for name, value in observe_figures(repeat=3 if quick else 7).items():
+        report(name, value)
     return out
+
+
+@torch.inference_mode()
+def observe_figures(repeat: int) -> dict[str, float]:
+    """Milliseconds of one observe (a real frame encoded and fed to a session) on the shipped model, and
+    the future encoder under native bf16 autocast vs its emulated bf16 (``EmulatedBF16``), one frame each: about
+    1 on a CPU with bf16 instructions, several times on one without (AVX2)."""
+    shipped = load(SHIPPED_MODEL)
+    g = torch.Generator().manual_seed(0)
+    context, frame = (torch.randint(0, 256, (n, 3, 64, 64), generator=g, dtype=torch.uint8) for n in (2, 1))
+    action = torch.zeros(1, shipped.cfg.transformer.action_dim)
+    eng = RolloutEngine(shipped, EngineConfig(cache_bytes=64 << 20))
+    sid = eng.open(context)
+    times = [timed(lambda: eng.observe(sid, frame, action)) for _ in range(repeat + 1)]  # the first one warms up
+    eng.shutdown()
+    tok = shipped.tokenizer
+    features = tok.encode_context(context[None].float() / 255)[1]
+    x = frame[None].float() / 255
+
+    def native() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            tok.encode_future(x, features)
+
+    emulated = FutureEncode(tok, "bfloat16")
+    t_emulated = timed(lambda: emulated(x, *features), repeat=repeat)
+    return {
+        "observe_ms_tiny": 1000 * statistics.median(times[1:]),
+        "future_encode_native_bf16_vs_emulated": timed(native, repeat=repeat) / t_emulated,
+    }
 
 
 @torch.inference_mode()
