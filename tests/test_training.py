@@ -245,6 +245,12 @@ def test_fine_tune_on_two_collections_trains_only_the_named_parts(setup, tokeniz
     for name, value in before.items():
         trained = name.startswith((f"transformer.{last}.", "transformer.reward_head."))
         assert torch.equal(value, after[name]) != trained, name
-    with pytest.raises(ValueError, match="no transformer parameter"):
+    with pytest.raises(ValueError, match="no transformer parameter is in these parts"):
         args = trm_args(setup, setup / "trm_ft_none", 1, "--train-only", "nothing")
         train_transformer.train(train_transformer.parse_args(args))
+
+
+def test_train_only_parts_are_whole_names():
+    assert train_transformer.in_parts("layers.1.mlp.up.weight", ["layers.1"])
+    assert train_transformer.in_parts("reward_head.weight", ["layers.1", "reward_head"])
+    assert not train_transformer.in_parts("layers.10.mlp.up.weight", ["layers.1"])

@@ -78,6 +78,12 @@ def build_model(args: argparse.Namespace) -> WorldModel:
     return model
 
 
+def in_parts(name: str, parts: list[str]) -> bool:
+    """Whether parameter ``name`` is one of ``parts`` or inside one (``layers.1`` holds
+    ``layers.1.mlp.up.weight``, not ``layers.10...``)."""
+    return any(name == p or name.startswith(p + ".") for p in parts)
+
+
 def same_ids_tokenizer(trained_on: nn.Module, other: nn.Module) -> nn.Module:
     """``other`` if it turns frames into exactly the ids the transformer was trained on (its
     encoders and codebooks equal ``trained_on``'s: only its decoders may differ)."""
@@ -200,9 +206,9 @@ def train(args: argparse.Namespace) -> Path:
     val_clips = cached_clips(run, "val", model, val_eps, args)
     print(f"{len(train_clips)} training clips, {len(val_clips)} validation clips ({time.time() - t0:.0f}s)")
 
-    trained = [(n, p) for n, p in trm.named_parameters() if not args.train_only or n.startswith(tuple(args.train_only))]
+    trained = [(n, p) for n, p in trm.named_parameters() if not args.train_only or in_parts(n, args.train_only)]
     if not trained:
-        raise ValueError(f"--train-only {args.train_only}: no transformer parameter starts so")
+        raise ValueError(f"--train-only {args.train_only}: no transformer parameter is in these parts")
     for _, p in trm.named_parameters():
         p.requires_grad_(False)
     for _, p in trained:
