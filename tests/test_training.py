@@ -254,3 +254,12 @@ def test_train_only_parts_are_whole_names():
     assert train_transformer.in_parts("layers.1.mlp.up.weight", ["layers.1"])
     assert train_transformer.in_parts("reward_head.weight", ["layers.1", "reward_head"])
     assert not train_transformer.in_parts("layers.10.mlp.up.weight", ["layers.1"])
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, capsys, has_bf16):
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: has_bf16)
+    train_transformer.parse_args(["--dtype", "bf16"])
+    train_transformer.parse_args(["--dtype", "fp32"])
+    warned = capsys.readouterr().err.count("no bf16 instructions")
+    assert warned == (0 if has_bf16 else 1)
