@@ -206,13 +206,11 @@ def train(args: argparse.Namespace) -> Path:
     val_clips = cached_clips(run, "val", model, val_eps, args)
     print(f"{len(train_clips)} training clips, {len(val_clips)} validation clips ({time.time() - t0:.0f}s)")
 
-    trained = [(n, p) for n, p in trm.named_parameters() if not args.train_only or in_parts(n, args.train_only)]
+    for n, p in trm.named_parameters():
+        p.requires_grad_(not args.train_only or in_parts(n, args.train_only))
+    trained = [(n, p) for n, p in trm.named_parameters() if p.requires_grad]
     if not trained:
         raise ValueError(f"--train-only {args.train_only}: no transformer parameter is in these parts")
-    for _, p in trm.named_parameters():
-        p.requires_grad_(False)
-    for _, p in trained:
-        p.requires_grad_(True)
     opt = loop.make_optimizer(trained, args.lr, args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)
     step = 0
