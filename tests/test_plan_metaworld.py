@@ -45,7 +45,8 @@ def test_quick_mode_plans_against_the_real_environment(gw: Gateway, tmp_path: Pa
     plan = load_example()
     gif, out = tmp_path / "episode.gif", tmp_path / "result.json"
     before = counters(gw)
-    result = plan.main(["--url", gw.url, "--quick", "--json", str(out), "--gif", str(gif)])
+    record = tmp_path / "recorded"
+    result = plan.main(["--url", gw.url, "--quick", "--json", str(out), "--gif", str(gif), "--record", str(record)])
     after = counters(gw)
 
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
@@ -77,6 +78,23 @@ def test_quick_mode_plans_against_the_real_environment(gw: Gateway, tmp_path: Pa
     with Image.open(gif) as img:
         assert img.n_frames == result["steps"] + 1  # the reset frame and one per step
         assert img.size == (256, 256)
+
+    # --record: the planner's real episodes as training data, in the collection's layout
+    from training.data import load_episodes, load_split
+
+    recorded = load_episodes(record)
+    assert [e.name for e in recorded] == [f"button-press-topdown-v3/cem-seed{s:05d}.npz" for s in (0, 1)]
+    for ep, seed in zip(recorded, ("0", "1"), strict=True):
+        assert ep.frames.shape == (result["steps"] + 1, 64, 64, 3)
+        assert ep.rewards[0] == 0 and float(ep.rewards.sum()) == pytest.approx(
+            result["per_seed"]["cem"][seed]["return"]
+        )
+        assert not ep.actions[0].any() and not ep.actions[-1].any()  # the no-op; no frame follows the last row
+        assert ep.actions[1:-1].any(axis=1).all() and np.abs(ep.actions).max() <= 1
+        assert ep.success == result["per_seed"]["cem"][seed]["success"]
+    manifest = json.loads((record / "manifest.json").read_text())
+    assert manifest["source"] == "plan_metaworld" and manifest["episodes"] == 2
+    assert len(load_split([str(record)], 0.0)[0]) == 2  # what train_transformer --data reads
 
 
 def test_same_seed_same_episode(gw: Gateway):

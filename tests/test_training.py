@@ -250,6 +250,30 @@ def test_fine_tune_on_two_collections_trains_only_the_named_parts(setup, tokeniz
         train_transformer.train(train_transformer.parse_args(args))
 
 
+def test_repeat_weights_each_collection_and_tokenizes_each_once(setup, tokenizer_run):
+    """--repeat N per --data folder: 1 0 draws every batch from the first folder, so the weights equal a
+    run on it alone; 0 1 trains on the second only. Each folder's windows are cached on their own."""
+    make_shards(setup / "other", episodes=4, seed=2)
+
+    def run(name, *extra, data=("data", "other")):
+        args = trm_args(setup, setup / name, 4, "--export", str(setup / f"{name}_exp"), *extra)
+        args[args.index("--data") + 1 : args.index("--data") + 2] = [str(setup / d) for d in data]
+        train_transformer.train(train_transformer.parse_args(args))
+        return _state(setup / f"{name}_exp")
+
+    alone, first, second = (
+        run("rep_alone", data=("data",)),
+        run("rep_10", "--repeat", "1", "0"),
+        run("rep_01", "--repeat", "0", "1"),
+    )
+    assert all(torch.equal(alone[k], first[k]) for k in alone)
+    assert not all(torch.equal(alone[k], second[k]) for k in alone)
+    assert len(list((setup / "rep_10").glob("tokens-train-*.pt"))) == 2  # one per folder
+    for bad in (["1"], ["0", "0"], ["1", "-1"]):
+        with pytest.raises(SystemExit):
+            train_transformer.parse_args(["--data", "a", "b", "--repeat", *bad])
+
+
 def test_train_only_parts_are_whole_names():
     assert train_transformer.in_parts("layers.1.mlp.up.weight", ["layers.1"])
     assert train_transformer.in_parts("reward_head.weight", ["layers.1", "reward_head"])

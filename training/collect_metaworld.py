@@ -45,6 +45,7 @@ POLICIES = ("expert", "noisy", "random", "nearmiss")
 NEARMISS_OFFSET_M = (0.03, 0.2)
 NEARMISS_RETARGET_P = 0.5
 NEARMISS_NOISE_STD = 0.1
+CONVENTIONS = "frames[t] obs at step t; actions[t] taken at frame t; rewards[t] received entering frame t"
 
 
 @dataclass(frozen=True)
@@ -165,24 +166,31 @@ def run_episode(spec: EpisodeSpec) -> dict[str, np.ndarray]:
     }
 
 
-def write_shard(spec: EpisodeSpec, out: Path) -> dict:
-    """Run and save one episode unless its shard exists; return its manifest entry."""
-    path = out / spec.shard_name
-    if not path.exists():
-        arrays = run_episode(spec)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)  # atomic: a killed run leaves no half-written shard
-    with np.load(path) as z:
+def save_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)  # atomic: a killed run leaves no half-written shard
+
+
+def shard_entry(out: Path, name: str, task: str, episode: int, policy: str) -> dict:
+    """A shard's line in the manifest."""
+    with np.load(out / name) as z:
         return {
-            "path": spec.shard_name,
-            "task": spec.task,
-            "episode": spec.index,
-            "policy": spec.policy,
+            "path": name,
+            "task": task,
+            "episode": episode,
+            "policy": policy,
             "frames": int(z["frames"].shape[0]),
             "success": bool(z["success"]),
         }
+
+
+def write_shard(spec: EpisodeSpec, out: Path) -> dict:
+    """Run and save one episode unless its shard exists; return its manifest entry."""
+    if not (out / spec.shard_name).exists():
+        save_shard(out / spec.shard_name, run_episode(spec))
+    return shard_entry(out, spec.shard_name, spec.task, spec.index, spec.policy)
 
 
 def collect(
@@ -236,7 +244,7 @@ def collect(
         "camera": camera,
         "seed": seed,
         "policy_mix": {"cycle": list(policies), "noise_std": noise_std},
-        "conventions": "frames[t] obs at step t; actions[t] taken at frame t; rewards[t] received entering frame t",
+        "conventions": CONVENTIONS,
         "shards": entries,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -33,7 +33,7 @@ from ivideogpt.model import WorldModel
 from ivideogpt.tokens import TokenLayout
 from ivideogpt.transformer import WorldModelTransformer
 from training import loop
-from training.data import Episode, clip_batch, load_split
+from training.data import Episode, check_alike, clip_batch, load_split
 from training.train_tokenizer import ENCODER_PARTS
 
 DEFAULT_TOKENIZER = "runs/tokenizer/checkpoint"  # where train_tokenizer's default run puts it
@@ -49,6 +49,10 @@ class TokenClips:
 
     def __len__(self) -> int:
         return self.ids.shape[0]
+
+    @staticmethod
+    def cat(parts: list[TokenClips]) -> TokenClips:
+        return TokenClips(*(torch.cat([getattr(p, f) for p in parts]) for f in ("ids", "actions", "rewards")))
 
 
 def build_model(args: argparse.Namespace) -> WorldModel:
@@ -172,13 +176,15 @@ def validate(
 
 
 def cached_clips(
-    run: Path, tag: str, model: WorldModel, episodes: list[Episode], args: argparse.Namespace
+    run: Path, tag: str, model: WorldModel, folder: str, episodes: list[Episode], args: argparse.Namespace
 ) -> TokenClips:
-    """Tokenized windows, cached per tokenizer weights and window settings."""
+    """Tokenized windows of one data folder, cached per tokenizer weights, episodes and window
+    settings (so adding a folder to ``--data`` tokenizes only that folder)."""
     digest = hashlib.sha1()
     for v in model.tokenizer.state_dict().values():
         digest.update(v.detach().cpu().float().numpy().tobytes())
-    digest.update(f"{[e.name for e in episodes]}{args.n_future}{args.stride}{model.cfg.future_encode_dtype}".encode())
+    digest.update(f"{Path(folder).resolve()}{[e.name for e in episodes]}".encode())
+    digest.update(f"{args.n_future}{args.stride}{model.cfg.future_encode_dtype}".encode())
     path = run / f"tokens-{tag}-{digest.hexdigest()[:12]}.pt"
     if path.is_file():
         return TokenClips(**torch.load(path))
@@ -200,10 +206,20 @@ def train(args: argparse.Namespace) -> Path:
     model.tokenizer.requires_grad_(False)
     trm, layout = model.transformer.train(), model.layout
 
-    train_eps, val_eps = load_split(args.data, args.heldout_fraction, min_heldout=2)
+    splits = [load_split([folder], args.heldout_fraction, min_heldout=2) for folder in args.data]
+    check_alike([e for train_eps, val_eps in splits for e in train_eps + val_eps])
     t0 = time.time()
-    train_clips = cached_clips(run, "train", model, train_eps, args)
-    val_clips = cached_clips(run, "val", model, val_eps, args)
+    train_parts, val_parts = [], []
+    for folder, (train_eps, val_eps) in zip(args.data, splits, strict=True):
+        train_parts.append(cached_clips(run, "train", model, folder, train_eps, args))
+        val_parts.append(cached_clips(run, "val", model, folder, val_eps, args))
+    train_clips, val_clips = TokenClips.cat(train_parts), TokenClips.cat(val_parts)
+    # the windows batches are drawn from: each folder's as many times as --repeat says
+    windows, offset = [], 0
+    for part, times in zip(train_parts, args.repeat or [1] * len(train_parts), strict=True):
+        windows.append(torch.arange(offset, offset + len(part)).repeat(times))
+        offset += len(part)
+    windows = torch.cat(windows)
     print(f"{len(train_clips)} training clips, {len(val_clips)} validation clips ({time.time() - t0:.0f}s)")
 
     for n, p in trm.named_parameters():
@@ -229,7 +245,7 @@ def train(args: argparse.Namespace) -> Path:
     while step < stop:
         for g in opt.param_groups:
             g["lr"] = loop.lr_at(step, args.lr, args.warmup, args.steps)
-        pick = torch.randint(len(train_clips), (args.batch,), generator=gen)
+        pick = windows[torch.randint(len(windows), (args.batch,), generator=gen)]
         ids, actions = train_clips.ids[pick].to(device), train_clips.actions[pick].to(device)
         rewards = train_clips.rewards[pick].to(device)
         with loop.autocast(device, args.dtype):
@@ -309,6 +325,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-future", type=int, default=12, help="future frames per clip")
     p.add_argument("--stride", type=int, default=8, help="frames between the starts of tokenized windows")
     p.add_argument(
+        "--repeat",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="how many times each --data folder's windows count when batches are drawn (one per folder; "
+        "default 1 each): weights a small collection such as a planner's recorded episodes",
+    )
+    p.add_argument(
         "--tokenize-dtype",
         default="bf16",
         choices=list(loop.DTYPES),
@@ -322,6 +347,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     loop.add_run_arguments(p)
     args = p.parse_args(argv)
     loop.check_run_arguments(p, args)
+    if args.repeat and (len(args.repeat) != len(args.data) or min(args.repeat) < 0 or sum(args.repeat) == 0):
+        p.error(f"--repeat: one count >= 0 per --data folder ({len(args.data)}), not all zero; got {args.repeat}")
     return args
 
 

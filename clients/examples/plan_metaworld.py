@@ -37,7 +37,7 @@ import numpy as np
 from ivideogpt_client import Session, WorldModelClient
 from ivideogpt_client.video import write_video
 
-from training.collect_metaworld import Renderer
+from training.collect_metaworld import CONVENTIONS, Renderer, save_shard, shard_entry
 
 ACTION_REPEAT = 2  # as in the training data: rewards are summed over the repeated env steps
 PLANNERS = ("cem", "mppi")
@@ -233,6 +233,50 @@ def check_model(
     }
 
 
+def record_episode(out: Path, task: str, ep: Episode) -> None:
+    """Save a real episode in the training data's layout (``training.collect_metaworld``), so that the
+    model can be fine-tuned on the states its own plans reach: the scripted policies' data never
+    shows the hand stopped beside the button, which the reward head then scores as a press."""
+    frames = np.stack(ep.frames).astype(np.uint8)
+    actions = np.zeros((len(frames), 4), np.float32)  # actions[0]: the no-op; the last row: none follows
+    actions[1 : 1 + len(ep.actions)] = ep.actions
+    arrays = {
+        "frames": frames,
+        "actions": actions,
+        "rewards": np.array([0.0, *ep.rewards], np.float32),
+        "success": np.asarray(ep.success),
+        "policy": np.asarray(ep.policy),
+        "task": np.asarray(task),
+        "episode_seed": np.asarray(ep.seed, np.uint64),
+    }
+    save_shard(out / f"{task}/{ep.policy}-seed{ep.seed:05d}.npz", arrays)
+
+
+def write_manifest(out: Path, steps: int) -> dict:
+    """Index every episode recorded under ``out`` (earlier runs' too: another seed range adds to them)."""
+    entries = []
+    for path in sorted(out.glob("*/*.npz")):
+        policy, seed = path.stem.rsplit("-seed", 1)
+        entries.append(shard_entry(out, f"{path.parent.name}/{path.name}", path.parent.name, int(seed), policy))
+    manifest = {
+        "source": "plan_metaworld",
+        "tasks": sorted({e["task"] for e in entries}),
+        "episodes": len(entries),
+        "steps": steps,
+        "frames_per_episode": steps + 1,
+        "image_size": 64,
+        "action_dim": 4,
+        "action_repeat": ACTION_REPEAT,
+        "camera": "corner",
+        "conventions": CONVENTIONS,
+        "shards": entries,
+    }
+    tmp = out / f"manifest.json.{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp, out / "manifest.json")  # whole: two recorders may share a folder
+    return manifest
+
+
 def summary(episodes: list[Episode]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for name in dict.fromkeys(e.policy for e in episodes):
@@ -327,6 +371,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--gif", type=Path, default=None, help="write a planned episode here (.gif): the first success")
     p.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        help="save the planners' episodes here as training data (train_transformer --data data/metaworld DIR)",
+    )
+    p.add_argument(
         "--check-model",
         action="store_true",
         help="instead of the policies: replay the expert's episodes and measure where planning fails (model or search)",
@@ -356,6 +406,9 @@ def main(argv: list[str] | None = None) -> dict:
             for seed in seeds:
                 ep = run_episode(env, name, make_policy(name, client, settings, a.task, seed), seed, a.steps)
                 episodes.append(ep)
+                if a.record and name in PLANNERS:
+                    record_episode(a.record, a.task, ep)
+                    write_manifest(a.record, a.steps)
                 print(
                     f"{name:6s} seed {seed}: return {ep.ret:7.1f} success {ep.success} "
                     f"({ep.seconds_per_step:.2f} s / step)",
