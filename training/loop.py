@@ -28,6 +28,11 @@ from ivideogpt.model import WorldModel
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+def dtype_name(flag: str) -> str:
+    """A command line's "fp32"/"bf16" -> the name configs use ("float32"/"bfloat16")."""
+    return str(DTYPES[flag]).removeprefix("torch.")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

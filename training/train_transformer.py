@@ -77,8 +77,7 @@ def build_model(args: argparse.Namespace) -> WorldModel:
         resized = WorldModel(cfg)
         resized.load_state_dict(model.state_dict())
         model = resized
-    encode_dtype = {"fp32": "float32", "bf16": "bfloat16"}[args.tokenize_dtype]
-    model.cfg = dataclasses.replace(model.cfg, future_encode_dtype=encode_dtype)
+    model.cfg = dataclasses.replace(model.cfg, future_encode_dtype=loop.dtype_name(args.tokenize_dtype))
     return model
 
 
