@@ -32,6 +32,7 @@ from ivideogpt.planning import PlanSpec
 from ivideogpt.sampling import SamplingParams, draw_uniforms, sample_tokens
 from ivideogpt.transformer import KVCache
 from training.export import export
+from training.loop import DTYPES, dtype_name
 
 GOALS = {
     "speedup_vs_reprefill": ">= 2.2",
@@ -42,6 +43,7 @@ GOALS = {
     "imagine_memory_ratio": "<= 1.2",
     "tiny_frames_per_s_1_torchscript_median": ">= 30",
     "plan_ms_tiny_k32_h5": "<= 500",
+    "plan_ms_tiny_k32_h5_lanes2": "<= 500",
     "decode_int8_speedup": ">= 1.8",
 }
 
@@ -126,7 +128,7 @@ def bandwidth_bytes_per_s() -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    dtype = DTYPES[args.dtype]
     quick = args.quick
     out: dict[str, float] = {}
 
@@ -309,6 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
     # 10. one plan request on the shipped model, exported with this code, as the gateway serves it
     report("plan_ms_tiny_k32_h5", plan_ms(args.dtype_name, repeat=3 if quick else 7))
+    report("plan_ms_tiny_k32_h5_lanes2", plan_ms(args.dtype_name, repeat=3 if quick else 7, lanes=2))
 
     # 11. the pixel options on the shipped model: bf16 pixels, batched imagine frames (each vs the default)
     for name, value in pixel_options(quick).items():
@@ -396,12 +399,14 @@ def pixel_options(quick: bool) -> dict[str, float]:
     }
 
 
-def plan_ms(dtype_name: str, repeat: int) -> float:
+def plan_ms(dtype_name: str, repeat: int, lanes: int = 1) -> float:
     """Median milliseconds of one plan (CEM, K=32, horizon 5, 2 iterations, rewards only) on the shipped
-    model's TorchScript export (written from this checkout's code, so the figure measures it)."""
+    model's TorchScript export (written from this checkout's code, so the figure measures it), its
+    32-row steps in ``lanes`` parts side by side."""
     with tempfile.TemporaryDirectory() as repo:
         export(load(SHIPPED_MODEL), repo)
-        eng = RolloutEngine.from_repository(repo, EngineConfig(cache_bytes=64 << 20, dtype=dtype_name))
+        config = EngineConfig(cache_bytes=64 << 20, dtype=dtype_name, token_lanes=lanes)
+        eng = RolloutEngine.from_repository(repo, config)
         sid = eng.open(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
         spec = PlanSpec(horizon=5, population=32, iterations=2)
         eng.plan(sid, spec)  # warm-up
@@ -416,7 +421,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--write", default=None, help="append the results to this markdown file")
     args = parser.parse_args()
-    args.dtype_name = "bfloat16" if args.dtype == "bf16" else "float32"
+    args.dtype_name = dtype_name(args.dtype)
     desc = machine()
     print(f"# {desc}; dtype {args.dtype}; {'quick' if args.quick else 'full'} run", flush=True)
     start = time.perf_counter()

@@ -41,6 +41,18 @@ class StepBatch:
     def n_rows(self) -> int:
         return self.ids.shape[0]
 
+    def rows_between(self, lo: int, hi: int) -> tuple[list[SessionRow], list[ForkGroup]]:
+        """The session rows and fork rows of rows [lo, hi), numbered from lo (a fork group cut in two keeps
+        the part inside, its suffixes where they are): one lane's share of the step (``EngineConfig.token_lanes``)."""
+        sessions = [SessionRow(s.row - lo, s.start, s.length) for s in self.sessions if lo <= s.row < hi]
+        forks = []
+        for g in self.forks:
+            first, last = max(g.rows.start, lo), min(g.rows.stop, hi)
+            if first < last:
+                rows, start = slice(first - lo, last - lo), g.suffix_start + (first - g.rows.start) * g.stride
+                forks.append(ForkGroup(rows, g.parent_start, g.prefix, start, g.stride, g.length))
+        return sessions, forks
+
 
 @dataclass
 class StepOutput:

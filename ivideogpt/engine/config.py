@@ -29,6 +29,11 @@ class EngineConfig:
     max_imagine: int = 256  # sequences per imagine request
     max_plan_frames: int = 16384  # population x horizon x iterations of a plan
     max_batch_rows: int = 512  # rows in one token step
+    # a token step of at least ``lane_rows`` rows splits them into ``token_lanes`` parts run side by side, each
+    # on its own thread (the extra ones with ``threads`` intra-op threads too): a K=32 plan's rows then use the
+    # core the idle pixel thread leaves; a row's token is the same, its floats equal to the last bits or so
+    token_lanes: int = 1
+    lane_rows: int = 16
     # intra-op threads of each of the engine's two threads (token steps, pixel decoding);
     # 0 = by model size (``intra_op_threads``)
     threads: int = 0
@@ -50,6 +55,12 @@ class EngineConfig:
         if self.weights not in ("float32", "int8"):
             raise ValueError(f"weights must be float32 or int8, got {self.weights!r}")
         return self.weights == "int8"
+
+    def lanes(self) -> int:
+        """``token_lanes``, checked (the engine asks first)."""
+        if self.token_lanes < 1 or self.lane_rows < 2:
+            raise ValueError(f"token_lanes must be >= 1 and lane_rows >= 2, got {self.token_lanes}, {self.lane_rows}")
+        return self.token_lanes
 
     def intra_op_threads(self, parameters: int) -> int:
         """``threads``, or for 0: half of torch's threads (one per core) for a small model, all for a large one.

@@ -65,7 +65,8 @@ class RolloutEngine:
         self.scheduler = Scheduler(
             self.layout, trm.max_positions, trm.action_dim, trm.reward_head, self.config.max_batch_rows
         )
-        self.loop = EngineLoop(self.runner, self.scheduler, self.config.intra_op_threads(model.parameter_count()))
+        threads = self.config.intra_op_threads(model.parameter_count())
+        self.loop = EngineLoop(self.runner, self.scheduler, threads, self.config.lanes(), self.config.lane_rows)
         self.sessions = SessionTable(self.pool, self.config, clock)
         self.restores = 0
 

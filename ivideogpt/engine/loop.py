@@ -8,8 +8,10 @@ sessions that need it (``Session.reanchor``) and encode the observed frames abou
 what finished: a step's or an observe's frame is recorded in its session's history, an
 imagine's rewards collected. The pixels of each predicted frame are decoded on the
 second thread, in order, while the token thread already generates the next frame's tokens: on
-two cores a frame then costs the larger of the two, not their sum. What a request's caller
-receives goes into the request's queue (``FrameOutput`` items, then one ``End``).
+two cores a frame then costs the larger of the two, not their sum. With ``token_lanes`` a wide
+token step's rows are split among the token thread and lane threads, each writing only its own
+rows' cache positions, within the token step the token thread waits for. What a request's
+caller receives goes into the request's queue (``FrameOutput`` items, then one ``End``).
 """
 
 from __future__ import annotations
@@ -51,14 +53,19 @@ class End:
 
 
 class EngineLoop:
-    def __init__(self, runner: ModelRunner, scheduler: Scheduler, threads: int):
-        self.runner, self.scheduler, self.threads = runner, scheduler, threads
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler, threads: int, lanes: int = 1, lane_rows: int = 16):
+        self.runner, self.scheduler, self.threads, self.lane_rows = runner, scheduler, threads, lane_rows
         self._inbox: queue.Queue[Request | tuple[Callable[[], Any], Future]] = queue.Queue()
         self._wake = threading.Event()
         self._stop = False
         self._ended = False  # the loop has ended: whatever arrives now fails at once
         # one thread: frames come out in the order their tokens were generated
         self.pixels = ThreadPoolExecutor(1, "ivideogpt-pixels", initializer=use_intra_op_threads, initargs=(threads,))
+        # the token thread computes one part of a wide step, each lane one more (``EngineConfig.token_lanes``)
+        self.lanes = [
+            ThreadPoolExecutor(1, f"ivideogpt-lane-{i}", initializer=use_intra_op_threads, initargs=(threads,))
+            for i in range(1, lanes)
+        ]
         self._thread = threading.Thread(target=self._run, name="ivideogpt-engine", daemon=True)
         self._thread.start()
 
@@ -101,6 +108,8 @@ class EngineLoop:
         self._wake.set()
         self._thread.join(timeout=10)
         self.pixels.shutdown()
+        for lane in self.lanes:
+            lane.shutdown()
 
     def _put(self, item: Request | tuple[Callable[[], Any], Future]) -> None:
         self._inbox.put(item)
@@ -166,7 +175,8 @@ class EngineLoop:
                 self._finish(Finished(req, exc))
         if scheduled.batch is None:
             return
-        output = self.runner.execute(scheduled.batch)
+        wide = scheduled.batch.n_rows >= self.lane_rows
+        output = self.runner.execute(scheduled.batch, self.lanes if wide else ())
         for event in self.scheduler.update(scheduled, output):
             if isinstance(event, Finished):
                 self._finish(event)

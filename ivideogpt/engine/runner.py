@@ -13,6 +13,8 @@ generator, so a row's sample never depends on its batch neighbours.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from concurrent.futures import Executor, wait
 from pathlib import Path
 
 import torch
@@ -222,25 +224,54 @@ class ModelRunner:
             return self.decode_future(future[:, None], rows)[:, 0].float().cpu()
         return torch.stack([self.decode_future(ids[None, None], features)[0, 0].float().cpu() for ids in future])
 
-    def execute(self, batch: StepBatch) -> StepOutput:
-        """One token step: every row's token in, every sampling row's next token and every row's reward out."""
+    def execute(self, batch: StepBatch, lanes: Sequence[Executor] = ()) -> StepOutput:
+        """One token step: every row's token in, every sampling row's next token and every row's reward out.
+
+        With ``lanes`` the rows split into ``len(lanes) + 1`` contiguous parts computed side by side, the
+        first on this thread, each other on its lane (``EngineConfig.token_lanes``). Every kernel works
+        row by row and every row samples from its own uniform, so a row's result does not depend on the
+        split beyond the products' last bits, as it does not depend on its batch neighbours.
+        """
+        uniforms = [None if g.params.greedy else draw_uniforms(g.generators) for g in batch.sampling]
+        n = batch.n_rows
+        lanes = lanes if n > len(lanes) else ()
+        cuts = [n * i // (len(lanes) + 1) for i in range(len(lanes) + 2)]
+        futures = [
+            lane.submit(self._execute_rows, batch, uniforms, cuts[i + 1], cuts[i + 2]) for i, lane in enumerate(lanes)
+        ]
+        try:
+            parts = [self._execute_rows(batch, uniforms, cuts[0], cuts[1])]
+        finally:  # the lanes write the KV cache: none may still run when this step ends
+            wait(futures)
+        parts += [f.result() for f in futures]
+        tokens = torch.cat([p[0] for p in parts])
+        rewards = torch.cat([p[1] for p in parts]) if self.cfg.transformer.reward_head else None
+        return StepOutput(tokens, rewards)
+
+    @torch.inference_mode()  # also on a lane's thread, whose own grad mode would be on
+    def _execute_rows(
+        self, batch: StepBatch, uniforms: list[torch.Tensor | None], lo: int, hi: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows [lo, hi) of a token step -> their sampled tokens [hi - lo] (0 where a row does not sample), rewards."""
         device = self.device
-        x = self.embed(batch.ids.to(device), batch.actions.to(device), batch.with_action.to(device))
-        hidden = self.decode(x, self.kv.metadata(batch.n_rows, batch.sessions, batch.forks))
+        sessions, forks = batch.rows_between(lo, hi)
+        rows = slice(lo, hi)
+        x = self.embed(batch.ids[rows].to(device), batch.actions[rows].to(device), batch.with_action[rows].to(device))
+        hidden = self.decode(x, self.kv.metadata(hi - lo, sessions, forks))
         logits, rewards = self.heads(hidden)
         logits = logits.cpu()
         lay = self.layout
         allowed = (lay.future_offset, lay.future_offset + lay.future_codebook_size)
-        tokens = None
-        for group in batch.sampling:
-            params = group.params
-            uniforms = None if params.greedy else draw_uniforms(group.generators)
-            if group.rows == list(range(batch.n_rows)):  # one group holding every row in order (a lone session, say)
-                tokens = sample_tokens(logits, params, uniforms, allowed)
+        tokens = torch.zeros(hi - lo, dtype=torch.long)
+        for group, drawn in zip(batch.sampling, uniforms, strict=True):
+            picked = [i for i, row in enumerate(group.rows) if lo <= row < hi]
+            if not picked:
                 continue
-            index = torch.tensor(group.rows)
-            tokens = torch.zeros(batch.n_rows, dtype=torch.long) if tokens is None else tokens
-            tokens[index] = sample_tokens(logits[index], params, uniforms, allowed)
-        if tokens is None:  # no row samples at this step (every one fed a frame's last token)
-            tokens = torch.zeros(batch.n_rows, dtype=torch.long)
-        return StepOutput(tokens, rewards.cpu() if self.cfg.transformer.reward_head else None)
+            local = [group.rows[i] - lo for i in picked]
+            u = drawn if drawn is None or len(picked) == len(group.rows) else drawn[picked]
+            if local == list(range(hi - lo)):  # one group holding every row in order (a lone session, say)
+                tokens = sample_tokens(logits, group.params, u, allowed)
+            else:
+                index = torch.tensor(local)
+                tokens[index] = sample_tokens(logits[index], group.params, u, allowed)
+        return tokens, rewards.cpu()
