@@ -13,6 +13,7 @@ from ivideogpt import checkpoint
 from ivideogpt.model import WorldModel
 from ivideogpt.tokens import TokenLayout
 from training import loop, train_tokenizer, train_transformer
+from training.data import load_episodes
 
 SIZE, T = 32, 14
 
@@ -272,6 +273,27 @@ def test_repeat_weights_each_collection_and_tokenizes_each_once(setup, tokenizer
     for bad in (["1"], ["0", "0"], ["1", "-1"]):
         with pytest.raises(SystemExit):
             train_transformer.parse_args(["--data", "a", "b", "--repeat", *bad])
+
+
+def test_token_cache_follows_the_encoders_not_the_decoders(setup, tmp_path):
+    """A decoder fine-tune changes no id, so its windows come from the cache; an encoder change tokenizes anew."""
+    model = checkpoint.load(setup / "init")
+    episodes = load_episodes(setup / "data")[:2]
+    args = train_transformer.parse_args(["--n-future", "4", "--stride", "8"])
+
+    def cache(m):
+        clips = train_transformer.cached_clips(tmp_path, "train", m, str(setup / "data"), episodes, args)
+        return clips, sorted(p.name for p in tmp_path.glob("tokens-*.pt"))
+
+    first, files = cache(model)
+    with torch.no_grad():
+        model.tokenizer.decoder.conv_out.weight.add_(1.0)
+    again, same_files = cache(model)
+    assert same_files == files and torch.equal(again.ids, first.ids)
+    with torch.no_grad():
+        model.tokenizer.encoder.conv_in.weight.add_(1.0)
+    _, more_files = cache(model)
+    assert len(more_files) == 2
 
 
 def test_train_only_parts_are_whole_names():

@@ -177,11 +177,13 @@ def validate(
 def cached_clips(
     run: Path, tag: str, model: WorldModel, folder: str, episodes: list[Episode], args: argparse.Namespace
 ) -> TokenClips:
-    """Tokenized windows of one data folder, cached per tokenizer weights, episodes and window
-    settings (so adding a folder to ``--data`` tokenizes only that folder)."""
+    """Tokenized windows of one data folder, cached per encoder weights (the decoders do not change an
+    id: a decoder fine-tune keeps the cache), episodes and window settings (so adding a folder to
+    ``--data`` tokenizes only that folder)."""
     digest = hashlib.sha1()
-    for v in model.tokenizer.state_dict().values():
-        digest.update(v.detach().cpu().float().numpy().tobytes())
+    for name, v in model.tokenizer.state_dict().items():
+        if name.startswith(ENCODER_PARTS):
+            digest.update(v.detach().cpu().float().numpy().tobytes())
     digest.update(f"{Path(folder).resolve()}{[e.name for e in episodes]}".encode())
     digest.update(f"{args.n_future}{args.stride}{model.cfg.future_encode_dtype}".encode())
     path = run / f"tokens-{tag}-{digest.hexdigest()[:12]}.pt"
