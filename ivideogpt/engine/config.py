@@ -31,7 +31,7 @@ class EngineConfig:
     max_batch_rows: int = 512  # rows in one token step
     # a token step of at least ``lane_rows`` rows splits them into ``token_lanes`` parts run side by side, each
     # on its own thread (the extra ones with ``threads`` intra-op threads too): a K=32 plan's rows then use the
-    # core the idle pixel thread leaves; a row's token is the same, its floats equal to the last bits or so
+    # core the idle pixel thread leaves; every row gets the same token, its floats equal up to the last bits
     token_lanes: int = 1
     lane_rows: int = 16
     # intra-op threads of each of the engine's two threads (token steps, pixel decoding);
