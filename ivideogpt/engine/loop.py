@@ -53,7 +53,7 @@ class End:
 
 
 class EngineLoop:
-    def __init__(self, runner: ModelRunner, scheduler: Scheduler, threads: int, lanes: int = 1, lane_rows: int = 16):
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler, threads: int, lanes: int, lane_rows: int):
         self.runner, self.scheduler, self.threads, self.lane_rows = runner, scheduler, threads, lane_rows
         self._inbox: queue.Queue[Request | tuple[Callable[[], Any], Future]] = queue.Queue()
         self._wake = threading.Event()
