@@ -20,7 +20,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -48,6 +48,11 @@ class SessionRecord:
     expires: float
     owner: str = ""  # replica that last served it (holds its engine state)
     owner_addr: str = ""
+
+    def copy(self) -> SessionRecord:
+        """A record no caller's later change reaches (``sampling``, flat, is its only mutable field): cheaper
+        than ``asdict``'s recursive copy on every step of the in-memory registry."""
+        return replace(self, sampling=dict(self.sampling))
 
 
 class Registry(Protocol):
@@ -120,15 +125,15 @@ class MemoryRegistry:
         return None
 
     async def create(self, rec: SessionRecord, history: SessionHistory) -> None:
-        self._entries[rec.session_id] = _Entry(rec, SessionHistory.from_dict(history.to_dict()))
+        self._entries[rec.session_id] = _Entry(rec.copy(), SessionHistory.from_dict(history.to_dict()))
 
     async def get(self, sid: str) -> SessionRecord | None:
         entry = self._live(sid)
-        return None if entry is None else SessionRecord(**asdict(entry.rec))
+        return None if entry is None else entry.rec.copy()
 
     async def touch(self, rec: SessionRecord) -> None:
         if (entry := self._live(rec.session_id)) is not None:
-            entry.rec = SessionRecord(**asdict(rec))
+            entry.rec = rec.copy()
 
     async def delete(self, sid: str, key_id: str) -> None:
         self._entries.pop(sid, None)

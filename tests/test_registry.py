@@ -82,6 +82,30 @@ def test_an_append_sent_twice_is_applied_once(prefix: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_record_read_or_written_is_a_copy(prefix: str, kind: str) -> None:
+    """What a caller does to a record after create, get or touch never reaches the registry's own."""
+
+    async def main() -> None:
+        registry = MemoryRegistry() if kind == "memory" else RedisRegistry(REDIS_URL, prefix)
+        try:
+            rec = SessionRecord("s", "k", "tiny", {"seed": 1, "top_k": 100}, time.time(), time.time() + 60)
+            await registry.create(rec, SessionHistory([[1, 2]], {}, 0))
+            rec.sampling["seed"] = 2
+            got = await registry.get("s")
+            assert got is not None and got.sampling == {"seed": 1, "top_k": 100}
+            got.sampling["seed"], got.owner = 3, "me"
+            assert (await registry.get("s")).sampling["seed"] == 1  # type: ignore[union-attr]
+            await registry.touch(got)
+            got.sampling["seed"] = 4
+            again = await registry.get("s")
+            assert again is not None and again.sampling["seed"] == 3 and again.owner == "me"
+        finally:
+            await registry.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
 def test_observed_pixels_are_kept_while_needed_and_dropped_after(prefix: str, kind: str) -> None:
     """Both registries keep what a rebuild needs: the context frames, an observed frame's pixels until the
     session says they are no longer needed (``forget``); a history reads back as it was written."""
