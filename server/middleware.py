@@ -53,22 +53,39 @@ class BodyLimit:
 
 
 class RequestCounter:
+    """Counts each request by route template, method and status when its response starts (so a client that
+    has the response sees it counted); one that ends without a response counts as a 500."""
+
     def __init__(self, app: ASGIApp, counter: object):
         self.app, self.counter = app, counter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        status = [500]
+        root, counted = scope.get("root_path", ""), False
+
+        def count(status: int) -> None:
+            nonlocal counted
+            counted = True
+            self.counter.labels(_route_label(scope, root), scope["method"], str(status)).inc()
 
         async def watch(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                count(message["status"])
             await send(message)
 
         try:
             await self.app(scope, receive, watch)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            self.counter.labels(path, scope["method"], str(status[0])).inc()
+            if not counted:
+                count(500)
+
+
+def _route_label(scope: Scope, root: str) -> str:
+    """The matched route's template; a mount (static files) adds its path to ``root_path`` and has none: one
+    label for all its files; ``unmatched`` for what no route took (404s)."""
+    route = scope.get("route")
+    if route is not None and hasattr(route, "path"):
+        return route.path
+    mounted = scope.get("root_path", "")[len(root) :]
+    return f"{mounted}/{{path}}" if mounted else "unmatched"

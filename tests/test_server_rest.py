@@ -348,6 +348,8 @@ def test_metrics_live(client: httpx.Client) -> None:
     sid = create(client)
     client.post(f"/v1/sessions/{sid}/step", json={"actions": actions(0, 2)})
     client.post(f"/v1/sessions/{sid}/imagine", json={"action_sequences": [actions(0, 1)]})
+    assert client.get("/static/playground/plot.js").status_code == 200
+    assert client.get("/no/such/page").status_code == 404
     text = client.get("/metrics").text
     values = {}
     for line in text.splitlines():
@@ -367,6 +369,8 @@ def test_metrics_live(client: httpx.Client) -> None:
     ok = 'ivideogpt_requests_total{method="POST",route="/v1/sessions/{session_id}/step",status="200"}'
     assert values[ok] >= 1
     assert any(k.startswith("ivideogpt_requests_total") and 'status="422"' in k for k in values)
+    assert values['ivideogpt_requests_total{method="GET",route="/static/{path}",status="200"}'] >= 1
+    assert values['ivideogpt_requests_total{method="GET",route="unmatched",status="404"}'] >= 1
     client.delete(f"/v1/sessions/{sid}")
 
 
