@@ -38,11 +38,12 @@ class Settings(BaseSettings):
     batched_pixels: bool = Field(
         False, description="decode an imagine's K frames of one step in one call (frames equal within 1e-5)"
     )
-    token_lanes: int = Field(
-        1,
+    token_lanes: int | None = Field(
+        None,
         ge=1,
         description="a token step of 16 rows or more (a plan's or an imagine's forks) runs in this many parts side "
-        "by side, each on its own thread (docs/SETTINGS.md)",
+        "by side while no frame waits for its pixels, each on its own thread (default: by model size, "
+        "docs/SETTINGS.md)",
     )
     cache_bytes: int = Field(1 << 30, description="KV cache budget of the local engine")
     torch_threads: int | None = Field(

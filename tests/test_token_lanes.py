@@ -1,5 +1,6 @@
-"""Token lanes (``EngineConfig.token_lanes``; off by default): a wide token step's rows computed in
-contiguous parts side by side give every row the same tokens as one pass, sessions and forks alike."""
+"""Token lanes (``EngineConfig.token_lanes``; two by default for a small model on two cores or more): a wide token
+step's rows computed in contiguous parts side by side give every row the same tokens as one pass, sessions and forks
+alike; no step is split while a frame waits for its pixels."""
 
 import threading
 
@@ -57,7 +58,7 @@ def run_all(model: WorldModel, config: EngineConfig) -> tuple[dict, int]:
 
 @pytest.mark.parametrize("lanes", [2, 3])
 def test_lanes_give_every_row_what_one_pass_gives(model: WorldModel, lanes: int) -> None:
-    one, extra_one = run_all(model, EngineConfig(cache_bytes=64 << 20))
+    one, extra_one = run_all(model, EngineConfig(cache_bytes=64 << 20, token_lanes=1))
     split, extra_split = run_all(model, EngineConfig(cache_bytes=64 << 20, token_lanes=lanes, lane_rows=2))
     assert extra_one == 0 and extra_split == lanes - 1, "the lanes' threads did not run"
     assert split["tokens"] == one["tokens"]
@@ -87,9 +88,43 @@ def test_a_part_of_a_step_keeps_its_rows_places_in_the_cache() -> None:
 
 
 def test_lanes_are_a_setting_checked_at_start(model: WorldModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert engine_config(Settings()).token_lanes == 1
-    monkeypatch.setenv("IVIDEOGPT_TOKEN_LANES", "2")
-    assert engine_config(Settings()).token_lanes == 2
-    for bad in ({"token_lanes": 0}, {"lane_rows": 1}):
+    assert engine_config(Settings()).token_lanes == 0  # by model size
+    monkeypatch.setenv("IVIDEOGPT_TOKEN_LANES", "3")
+    assert engine_config(Settings()).token_lanes == 3
+    for bad in ({"token_lanes": -1}, {"lane_rows": 1}):
         with pytest.raises(ValueError, match="token_lanes"):
             RolloutEngine(model, EngineConfig(cache_bytes=8 << 20, **bad))
+
+
+def test_lanes_by_model_size() -> None:
+    """0: two lanes for a small model where there are two cores or more (its engine threads take half each), one
+    for a large model (both threads take all the cores) or on one core."""
+    cores = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert EngineConfig().lanes(7_000_000) == 2
+        assert EngineConfig().lanes(250_000_000) == 1
+        assert EngineConfig(token_lanes=3).lanes(250_000_000) == 3
+        torch.set_num_threads(1)
+        assert EngineConfig().lanes(7_000_000) == 1
+    finally:
+        torch.set_num_threads(cores)
+
+
+def test_no_step_is_split_while_a_frame_waits_for_its_pixels(model: WorldModel) -> None:
+    """A lane would take the core the pixel thread needs: while pixel work is queued or running, wide steps run
+    in one part (same plan), and split again once the pixel thread is idle."""
+    eng = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20, token_lanes=2, lane_rows=2))
+    try:
+        sid = eng.open(context(0), SamplingParams(seed=0))
+        spec = PlanSpec(horizon=2, population=8, iterations=1, seed=1)
+        gate, before = threading.Event(), lane_threads()
+        eng.loop.decode_later(lambda: gate.wait(30))
+        busy = eng.plan(sid, spec)
+        assert lane_threads() == before, "a step was split while the pixel thread had work"
+        gate.set()
+        idle = eng.plan(sid, spec)
+        assert lane_threads() == before + 1, "the lane did not run once the pixel thread was idle"
+        assert torch.allclose(busy.actions, idle.actions, atol=1e-5)
+    finally:
+        eng.shutdown()

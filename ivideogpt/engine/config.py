@@ -29,10 +29,11 @@ class EngineConfig:
     max_imagine: int = 256  # sequences per imagine request
     max_plan_frames: int = 16384  # population x horizon x iterations of a plan
     max_batch_rows: int = 512  # rows in one token step
-    # a token step of at least ``lane_rows`` rows splits them into ``token_lanes`` parts run side by side, each
-    # on its own thread (the extra ones with ``threads`` intra-op threads too): a K=32 plan's rows then use the
-    # core the idle pixel thread leaves; every row gets the same token, its floats equal up to the last bits
-    token_lanes: int = 1
+    # a token step of at least ``lane_rows`` rows, while no frame waits for its pixels, splits its rows into
+    # ``token_lanes`` parts run side by side, each on its own thread (the extra ones with ``threads`` intra-op
+    # threads too): a K=32 plan's rows then use the core the idle pixel thread leaves; every row gets the same
+    # token, its floats equal up to the last bits. 0 = by model size (``lanes``)
+    token_lanes: int = 0
     lane_rows: int = 16
     # intra-op threads of each of the engine's two threads (token steps, pixel decoding);
     # 0 = by model size (``intra_op_threads``)
@@ -56,11 +57,15 @@ class EngineConfig:
             raise ValueError(f"weights must be float32 or int8, got {self.weights!r}")
         return self.weights == "int8"
 
-    def lanes(self) -> int:
-        """``token_lanes``, checked (the engine asks first)."""
-        if self.token_lanes < 1 or self.lane_rows < 2:
-            raise ValueError(f"token_lanes must be >= 1 and lane_rows >= 2, got {self.token_lanes}, {self.lane_rows}")
-        return self.token_lanes
+    def lanes(self, parameters: int) -> int:
+        """``token_lanes``, checked (the engine asks first), or for 0: two for a small model on two cores or more,
+        whose token and pixel threads take half the cores each (``intra_op_threads``), so a rewards-only step can
+        use the pixel thread's idle half; one for a large model, whose threads both take all the cores."""
+        if self.token_lanes < 0 or self.lane_rows < 2:
+            raise ValueError(f"token_lanes must be >= 0 and lane_rows >= 2, got {self.token_lanes}, {self.lane_rows}")
+        if self.token_lanes:
+            return self.token_lanes
+        return 2 if parameters < SMALL_MODEL_PARAMETERS and torch.get_num_threads() >= 2 else 1
 
     def intra_op_threads(self, parameters: int) -> int:
         """``threads``, or for 0: half of torch's threads (one per core) for a small model, all for a large one.

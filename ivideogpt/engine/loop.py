@@ -10,7 +10,8 @@ imagine's rewards collected. The pixels of each predicted frame are decoded on t
 second thread, in order, while the token thread already generates the next frame's tokens: on
 two cores a frame then costs the larger of the two, not their sum. With ``token_lanes`` a wide
 token step's rows are split among the token thread and lane threads, each writing only its own
-rows' cache positions, within the token step the token thread waits for. What a request's
+rows' cache positions, within the token step the token thread waits for; only while no frame
+waits for its pixels, so that a lane takes the pixel thread's core only when that core is idle. What a request's
 caller receives goes into the request's queue (``FrameOutput`` items, then one ``End``).
 """
 
@@ -61,6 +62,7 @@ class EngineLoop:
         self._ended = False  # the loop has ended: whatever arrives now fails at once
         # one thread: frames come out in the order their tokens were generated
         self.pixels = ThreadPoolExecutor(1, "ivideogpt-pixels", initializer=use_intra_op_threads, initargs=(threads,))
+        self._pixel_jobs, self._pixel_jobs_lock = 0, threading.Lock()  # decodes submitted and not yet done
         # the token thread computes one part of a wide step, each lane one more (``EngineConfig.token_lanes``)
         self.lanes = [
             ThreadPoolExecutor(1, f"ivideogpt-lane-{i}", initializer=use_intra_op_threads, initargs=(threads,))
@@ -175,8 +177,8 @@ class EngineLoop:
                 self._finish(Finished(req, exc))
         if scheduled.batch is None:
             return
-        wide = scheduled.batch.n_rows >= self.lane_rows
-        output = self.runner.execute(scheduled.batch, self.lanes if wide else ())
+        split = self.lanes and scheduled.batch.n_rows >= self.lane_rows and self._pixel_jobs == 0
+        output = self.runner.execute(scheduled.batch, self.lanes if split else ())
         for event in self.scheduler.update(scheduled, output):
             if isinstance(event, Finished):
                 self._finish(event)
@@ -211,7 +213,26 @@ class EngineLoop:
             except BaseException as exc:  # raised to the caller; the request still runs to its end
                 req.out.put(exc)
 
-        self.pixels.submit(decode)
+        self.decode_later(decode)
+
+    def decode_later(self, decode: Callable[[], None]) -> None:
+        """Pixel work for the pixel thread, counted while it waits or runs (lanes split no step meanwhile)."""
+
+        def counted() -> None:
+            try:
+                decode()
+            finally:
+                with self._pixel_jobs_lock:
+                    self._pixel_jobs -= 1
+
+        with self._pixel_jobs_lock:
+            self._pixel_jobs += 1
+        try:
+            self.pixels.submit(counted)
+        except BaseException:
+            with self._pixel_jobs_lock:
+                self._pixel_jobs -= 1
+            raise
 
     def _finish(self, finished: Finished) -> None:
         req = finished.request

@@ -64,7 +64,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         weights=settings.weights,
         pixel_dtype=settings.pixel_dtype,
         batched_pixels=settings.batched_pixels,
-        token_lanes=settings.token_lanes,
+        token_lanes=settings.token_lanes or 0,
         cache_bytes=settings.cache_bytes,
         session_ttl_s=settings.engine_idle_s,
         max_horizon=max(settings.max_horizon, 1),
