@@ -11,8 +11,8 @@ second thread, in order, while the token thread already generates the next frame
 two cores a frame then costs the larger of the two, not their sum. With ``token_lanes`` a wide
 token step's rows are split among the token thread and lane threads, each writing only its own
 rows' cache positions, within the token step the token thread waits for; only while no frame
-waits for its pixels, so that a lane takes the pixel thread's core only when that core is idle. What a request's
-caller receives goes into the request's queue (``FrameOutput`` items, then one ``End``).
+waits for its pixels, so that a lane takes the pixel thread's core only when it is idle. What a
+request's caller receives goes into the request's queue (``FrameOutput`` items, then one ``End``).
 """
 
 from __future__ import annotations
