@@ -65,8 +65,7 @@ class RolloutEngine:
         self.scheduler = Scheduler(
             self.layout, trm.max_positions, trm.action_dim, trm.reward_head, self.config.max_batch_rows
         )
-        parameters = model.parameter_count()
-        threads, lanes = self.config.intra_op_threads(parameters), self.config.lanes(parameters)
+        threads, lanes = self.config.intra_op_threads(n := model.parameter_count()), self.config.lanes(n)
         self.loop = EngineLoop(self.runner, self.scheduler, threads, lanes, self.config.lane_rows)
         self.sessions = SessionTable(self.pool, self.config, clock)
         self.restores = 0
