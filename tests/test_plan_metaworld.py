@@ -92,6 +92,8 @@ def test_quick_mode_plans_against_the_real_environment(gw: Gateway, tmp_path: Pa
         assert not ep.actions[0].any() and not ep.actions[-1].any()  # the no-op; no frame follows the last row
         assert ep.actions[1:-1].any(axis=1).all() and np.abs(ep.actions).max() <= 1
         assert ep.success == result["per_seed"]["cem"][seed]["success"]
+        hand = np.array(result["per_seed"]["cem"][seed]["hand_to_object_cm"])
+        assert hand.shape == (3,) and 0 < np.linalg.norm(hand) < 100  # where the hand stopped, next to the button
     manifest = json.loads((record / "manifest.json").read_text())
     assert manifest["source"] == "plan_metaworld" and manifest["episodes"] == 2
     assert len(load_split([str(record)], 0.0)[0]) == 2  # what train_transformer --data reads
@@ -135,7 +137,7 @@ def test_check_model_replays_the_expert_through_a_session(gw: Gateway, tmp_path:
     assert all(len(v) == control_steps for v in steps.values())
     grew = {name: after[name] - before.get(name, 0) for name in after}
     assert grew["ivideogpt_plan_latency_seconds_count"] == 2 * control_steps
-    assert grew["ivideogpt_frames_observed_total"] == 2 * control_steps
+    assert grew["ivideogpt_frames_observed_total"] == 2 * 2 * control_steps  # the expert's and the beside episodes
 
     # the truth is the expert's own episode, run here again on the same seed
     from training.collect_metaworld import Renderer
@@ -143,9 +145,31 @@ def test_check_model_replays_the_expert_through_a_session(gw: Gateway, tmp_path:
     env = Renderer("button-press-topdown-v3", resolution=64, camera="corner")
     try:
         expert = plan.run_episode(env, "expert", plan.ExpertPolicy("button-press-topdown-v3"), 0, 8)
+        final = env.env._get_obs()  # the episode's last state: where its hand stopped
+        beside = plan.BesidePolicy("button-press-topdown-v3", env, 7.0)
+        aside = plan.run_episode(env, "beside", beside, 0, 8)
+        env.env.seed(0)
+        button = env.env.reset()[0][4:7]
     finally:
         env.renderer.close()
     assert steps["true_reward"] == pytest.approx(expert.rewards[1:])
+    assert expert.hand_to_object_cm == pytest.approx((final[:3] - final[4:7]) * 100, abs=0.051)
+
+    # the expert aiming 7 cm in front of the button, horizontally, toward the camera
+    toward = np.array([-1.1, -0.4]) - button[:2]  # Meta-World's corner camera is at x -1.1, y -0.4
+    assert np.linalg.norm(beside.offset) == pytest.approx(0.07) and beside.offset[2] == 0
+    assert np.dot(beside.offset[:2], toward) / 0.07 / np.linalg.norm(toward) == pytest.approx(1.0)
+    assert not np.allclose(aside.actions, expert.actions)
+    assert steps["beside_true_reward"] == pytest.approx(aside.rewards[1:])
+    assert len(steps["beside_reward_head"]) == control_steps
+    assert check["beside_return"] == pytest.approx(sum(aside.rewards[1:]))
+    assert check["beside_reward_head_return"] == pytest.approx(sum(steps["beside_reward_head"]))
+    assert check["expert_return"] == pytest.approx(sum(expert.rewards[1:]))
+    # the reward head's reading of the expert's frames in a fresh session equals the one between plans
+    with plan.WorldModelClient(gw.url) as client:
+        read = plan.reward_head_on(client, expert, 0)
+    assert read == pytest.approx(steps["observed_reward"], abs=1e-4)
+    assert check["expert_reward_head_return"] == pytest.approx(read.sum(), abs=1e-3)
     expert_score, plan_score = np.array(steps["expert_score"]), np.array(steps["plan_score"])
     assert check["expert_preferred"] == pytest.approx(np.mean(expert_score >= plan_score))
     errors = np.abs(np.array(steps["observed_reward"]) - np.array(steps["true_reward"]))

@@ -128,6 +128,29 @@ class ExpertPolicy(Policy):
             return np.clip(self.expert.get_action(obs), -1, 1).astype(np.float32)
 
 
+class BesidePolicy(ExpertPolicy):
+    """The expert aiming ``cm`` in front of the object and goal along the camera's line of sight (seen from
+    the camera, about where they are): what a reward head that cannot tell the two apart scores as the task."""
+
+    def __init__(self, task: str, env: Renderer, cm: float):
+        super().__init__(task)
+        self.env, self.cm = env, cm
+        self.offset: np.ndarray | None = None
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        if self.offset is None:
+            import mujoco
+
+            model = self.env.env.model
+            camera = model.cam_pos[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, self.env.camera)]
+            sight = (obs[4:7] - camera) * [1, 1, 0]  # horizontal: the hand stays at the object's height
+            self.offset = -self.cm / 100 * sight / np.linalg.norm(sight)
+        seen = obs.copy()  # the 39-d observation: [4:7] the object's position, [-3:] the goal
+        seen[4:7] += self.offset
+        seen[-3:] += self.offset
+        return super().act(seen)
+
+
 @dataclass
 class Episode:
     policy: str
@@ -141,6 +164,7 @@ class Episode:
     actions: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32), repr=False)  # after the no-op
     predicted_return: float | None = None  # a planner's: the sum of its predicted rewards for the actions it ran
     observed_return: float | None = None  # a planner's: the sum of the reward head's on the real frames
+    hand_to_object_cm: list[float] = field(default_factory=list)  # at the end: where the hand stopped (x, y, z)
 
 
 def run_episode(env: Renderer, name: str, policy: Policy, seed: int, steps: int) -> Episode:
@@ -184,11 +208,24 @@ def run_episode(env: Renderer, name: str, policy: Policy, seed: int, steps: int)
         np.array(actions, np.float32).reshape(-1, 4),
         None if policy.predicted is None else float(sum(policy.predicted)),
         None if policy.observed is None else float(sum(policy.observed)),
+        ((obs[:3] - obs[4:7]) * 100).round(1).tolist(),  # the 39-d observation: [:3] the hand, [4:7] the object
     )
 
 
+def reward_head_on(client: WorldModelClient, ep: Episode, seed: int) -> np.ndarray:
+    """The reward head's reading of an episode's real frames, observed one by one in a new session."""
+    with client.session(np.stack(ep.frames[:2]), seed=seed, greedy=True) as session:
+        return np.array([session.observe(f, a)[0] for f, a in zip(ep.frames[2:], ep.actions, strict=True)], np.float64)
+
+
 def check_model(
-    env: Renderer, client: WorldModelClient, settings: PlanSettings, task: str, seed: int, steps: int
+    env: Renderer,
+    client: WorldModelClient,
+    settings: PlanSettings,
+    task: str,
+    seed: int,
+    steps: int,
+    beside_cm: float = 7.0,
 ) -> dict:
     """Where the planner's failure lies, on one expert episode replayed through a session.
 
@@ -196,7 +233,9 @@ def check_model(
     against the score of the plan it would have made (the model prefers the expert: the search is
     short; it prefers its plan: the model ranks wrongly); and the reward head's error on the real
     frame once observed against its error on the frame it imagined for the same action (large only
-    when imagined: the frames are wrong; large on real frames too: the reward head is)."""
+    when imagined: the frames are wrong; large on real frames too: the reward head is). Then the expert
+    aiming ``beside_cm`` in front of the object along the camera's line of sight: what its episode earns
+    against what the reward head reads into its real frames (a planner will seek what is overrated)."""
     expert = run_episode(env, "expert", ExpertPolicy(task), seed, steps)
     actions = expert.actions
     true_rewards = np.array(expert.rewards[1:], np.float32)  # after each control step (the first is the no-op)
@@ -214,7 +253,13 @@ def check_model(
             rows.append((imagined @ weights, plan.score, imagined[0], observed[0], true_rewards[t]))
     expert_score, plan_score, imagined_first, observed_reward, truth = np.array(rows, np.float64).T
     pressed = truth >= np.quantile(truth, 0.75)  # the episode's best quarter: the press, for the expert
+    beside = run_episode(env, "beside", BesidePolicy(task, env, beside_cm), seed, steps)
+    beside_read = reward_head_on(client, beside, seed)
     return {
+        "expert_return": float(truth.sum()),
+        "expert_reward_head_return": float(observed_reward.sum()),
+        "beside_return": float(sum(beside.rewards[1:])),
+        "beside_reward_head_return": float(beside_read.sum()),
         "expert_preferred": float(np.mean(expert_score >= plan_score)),
         "expert_score_mean": float(expert_score.mean()),
         "plan_score_mean": float(plan_score.mean()),
@@ -229,6 +274,8 @@ def check_model(
             "imagined_reward": imagined_first.tolist(),
             "observed_reward": observed_reward.tolist(),
             "true_reward": truth.tolist(),
+            "beside_true_reward": beside.rewards[1:],
+            "beside_reward_head": beside_read.tolist(),
         },
     }
 
@@ -304,6 +351,7 @@ def per_seed(episodes: list[Episode]) -> dict[str, dict[str, dict]]:
             "return": e.ret,
             "success": e.success,
             "seconds_per_step": e.seconds_per_step,
+            "hand_to_object_cm": e.hand_to_object_cm,
         }
         if e.predicted_return is not None:
             out[e.policy][str(e.seed)]["predicted_return"] = e.predicted_return
@@ -381,6 +429,12 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="instead of the policies: replay the expert's episodes and measure where planning fails (model or search)",
     )
+    p.add_argument(
+        "--beside-cm",
+        type=float,
+        default=7.0,
+        help="--check-model: the expert also aims this far in front of the object (along the camera's line of sight)",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.seeds, a.steps, a.population, a.horizon, a.iterations, a.elites = 2, 8, 16, 4, 2, 4
@@ -394,7 +448,9 @@ def main(argv: list[str] | None = None) -> dict:
         size = client.model()["image_size"]
         assert size == 64, f"the served model takes {size}x{size} frames; this example renders 64x64"
         if a.check_model:
-            checks = {str(seed): check_model(env, client, settings, a.task, seed, a.steps) for seed in seeds}
+            checks = {
+                str(seed): check_model(env, client, settings, a.task, seed, a.steps, a.beside_cm) for seed in seeds
+            }
             for seed, c in checks.items():
                 figures = ", ".join(f"{k} {v:.3f}" for k, v in c.items() if k != "per_step")
                 print(f"seed {seed}: {figures}", flush=True)
