@@ -106,6 +106,14 @@ class Renderer:
 _RENDERERS: dict[tuple[str, int, str], Renderer] = {}
 
 
+def targets_shifted(obs: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """What a scripted policy reads to aim beside its task: the object and the goal moved by ``offset``."""
+    seen = obs.copy()  # the 39-d observation: [4:7] the object's position, [-3:] the goal
+    seen[4:7] += offset
+    seen[-3:] += offset
+    return seen
+
+
 def run_episode(spec: EpisodeSpec) -> dict[str, np.ndarray]:
     """One episode -> the shard's arrays."""
     import warnings
@@ -135,9 +143,7 @@ def run_episode(spec: EpisodeSpec) -> dict[str, np.ndarray]:
         else:
             seen = obs
             if spec.policy == "nearmiss" and (retarget_at is None or t < retarget_at):
-                seen = obs.copy()  # the 39-d observation: [4:7] the object's position, [-3:] the goal
-                seen[4:7] += offset
-                seen[-3:] += offset
+                seen = targets_shifted(obs, offset)
             with warnings.catch_warnings():  # "Constant(s) may be too high": the env clips
                 warnings.simplefilter("ignore")
                 action = np.asarray(expert.get_action(seen), dtype=np.float64)

@@ -37,7 +37,7 @@ import numpy as np
 from ivideogpt_client import Session, WorldModelClient
 from ivideogpt_client.video import write_video
 
-from training.collect_metaworld import CONVENTIONS, Renderer, save_shard, shard_entry
+from training.collect_metaworld import CONVENTIONS, Renderer, save_shard, shard_entry, targets_shifted
 
 ACTION_REPEAT = 2  # as in the training data: rewards are summed over the repeated env steps
 PLANNERS = ("cem", "mppi")
@@ -145,10 +145,7 @@ class BesidePolicy(ExpertPolicy):
             camera = model.cam_pos[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, self.env.camera)]
             sight = (obs[4:7] - camera) * [1, 1, 0]  # horizontal: the hand stays at the object's height
             self.offset = -self.cm / 100 * sight / np.linalg.norm(sight)
-        seen = obs.copy()  # the 39-d observation: [4:7] the object's position, [-3:] the goal
-        seen[4:7] += self.offset
-        seen[-3:] += self.offset
-        return super().act(seen)
+        return super().act(targets_shifted(obs, self.offset))
 
 
 @dataclass
