@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from training.collect_metaworld import POLICY_CYCLE, collect
+from training.collect_metaworld import NEARMISS_OFFSET_M, POLICY_CYCLE, collect, nearmiss_offset
 from training.data import load_episodes
 
 STEPS = 6
@@ -104,3 +104,23 @@ def test_nearmiss_aims_beside_the_object(tmp_path):
     assert np.median([e.rewards[-5:].mean() for e in nearmiss]) < 8
     with pytest.raises(ValueError, match="unknown"):
         collect(tmp_path / "x", tasks=(task,), episodes=1, steps=2, workers=1, progress=False, policies=("oops",))
+
+
+def test_nearmiss3d_aims_in_every_direction(tmp_path):
+    """nearmiss keeps its offsets horizontal; nearmiss3d's leave the plane (above and below the
+    object) at the same distances, and its episodes also end away from the press."""
+    rng = np.random.default_rng(0)
+    flat = np.stack([nearmiss_offset("nearmiss", rng) for _ in range(200)])
+    solid = np.stack([nearmiss_offset("nearmiss3d", rng) for _ in range(200)])
+    low, high = NEARMISS_OFFSET_M
+    for offsets in (flat, solid):
+        assert np.all((np.linalg.norm(offsets, axis=1) >= low) & (np.linalg.norm(offsets, axis=1) <= high))
+    assert np.all(flat[:, 2] == 0)
+    assert (solid[:, 2] < -low / 2).sum() > 40 and (solid[:, 2] > low / 2).sum() > 40
+    task = "button-press-topdown-v3"
+    manifest = collect(
+        tmp_path, tasks=(task,), episodes=4, steps=40, seed=3, workers=1, progress=False, policies=("nearmiss3d",)
+    )
+    assert [s["policy"] for s in manifest["shards"]] == ["nearmiss3d"] * 4
+    episodes = load_episodes(tmp_path)
+    assert np.median([e.rewards[-5:].mean() for e in episodes]) < 8

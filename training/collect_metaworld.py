@@ -38,10 +38,12 @@ DEFAULT_TASKS = (
 )
 # policy of episode i is policies[i % len(policies)]; the default: 40% expert, 40% noisy, 20% random
 POLICY_CYCLE = ("expert", "noisy", "random", "expert", "noisy")
-POLICIES = ("expert", "noisy", "random", "nearmiss")
+POLICIES = ("expert", "noisy", "random", "nearmiss", "nearmiss3d")
 # nearmiss: the expert aims at the task's object and goal shifted by NEARMISS_OFFSET_M (a random
 # horizontal direction), so the hand ends beside the object (the low rewards a planner must tell
-# from a success); with probability NEARMISS_RETARGET_P it turns to the true target after a random step
+# from a success); with probability NEARMISS_RETARGET_P it turns to the true target after a random step.
+# nearmiss3d: the same with the offset in any direction (above, below, against the object's box),
+# where a planner searching the model also ends when the data leaves only horizontal misses
 NEARMISS_OFFSET_M = (0.03, 0.2)
 NEARMISS_RETARGET_P = 0.5
 NEARMISS_NOISE_STD = 0.1
@@ -114,6 +116,15 @@ def targets_shifted(obs: np.ndarray, offset: np.ndarray) -> np.ndarray:
     return seen
 
 
+def nearmiss_offset(policy: str, rng: np.random.Generator) -> np.ndarray:
+    """Where a near-miss episode aims, relative to its object, in metres."""
+    if policy == "nearmiss":
+        angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(*NEARMISS_OFFSET_M)
+        return dist * np.array([np.cos(angle), np.sin(angle), 0.0])
+    direction = rng.normal(size=3)
+    return rng.uniform(*NEARMISS_OFFSET_M) * direction / np.linalg.norm(direction)
+
+
 def run_episode(spec: EpisodeSpec) -> dict[str, np.ndarray]:
     """One episode -> the shard's arrays."""
     import warnings
@@ -130,9 +141,9 @@ def run_episode(spec: EpisodeSpec) -> dict[str, np.ndarray]:
     obs, _ = r.env.reset()
     expert = ENV_POLICY_MAP[spec.task]()
 
-    if spec.policy == "nearmiss":
-        angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(*NEARMISS_OFFSET_M)
-        offset = dist * np.array([np.cos(angle), np.sin(angle), 0.0])
+    near_miss = spec.policy in ("nearmiss", "nearmiss3d")
+    if near_miss:
+        offset = nearmiss_offset(spec.policy, rng)
         retarget_at = int(rng.integers(spec.steps // 3, spec.steps)) if rng.random() < NEARMISS_RETARGET_P else None
 
     frames = [r.frame()]
@@ -142,14 +153,14 @@ def run_episode(spec: EpisodeSpec) -> dict[str, np.ndarray]:
             action = rng.uniform(-1, 1, size=4)
         else:
             seen = obs
-            if spec.policy == "nearmiss" and (retarget_at is None or t < retarget_at):
+            if near_miss and (retarget_at is None or t < retarget_at):
                 seen = targets_shifted(obs, offset)
             with warnings.catch_warnings():  # "Constant(s) may be too high": the env clips
                 warnings.simplefilter("ignore")
                 action = np.asarray(expert.get_action(seen), dtype=np.float64)
             if spec.policy == "noisy":
                 action = action + rng.normal(0, spec.noise_std, size=4)
-            elif spec.policy == "nearmiss":
+            elif near_miss:
                 action = action + rng.normal(0, NEARMISS_NOISE_STD, size=4)
         action = np.clip(action, -1, 1).astype(np.float32)
         reward = 0.0
