@@ -1,15 +1,9 @@
 """Model-predictive planning over imagined rollouts: CEM and MPPI.
 
 The planner knows nothing of the model: it proposes a population of action sequences, asks
-``imagine`` (one batched imagine of K sequences, rewards only) for their predicted rewards,
-scores each by its discounted sum, and refits its sampling distribution. The engine passes its
-own batched imagine, so one plan is ``iterations`` engine calls and no round trip.
-
-A search finds the model's errors as readily as the task's rewards: where the data left a hole,
-the reward head can read a success into a state nothing in the data reached. With
-``uncertainty_penalty`` each imagined frame's reward is lowered by that many times the model's
-uncertainty in it (the mean entropy of its code distributions, which rises where it has seen
-little), so the search prefers futures the model knows.
+``imagine_rewards`` (one batched imagine of K sequences, rewards only) for their predicted
+rewards, scores each by its discounted sum, and refits its sampling distribution. The engine
+passes its own batched imagine, so one plan is ``iterations`` engine calls and no round trip.
 
 Randomness comes only from a generator seeded with ``PlanSpec.seed``: the same spec on the
 same session gives the same plan.
@@ -19,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
@@ -41,7 +34,6 @@ class PlanSpec:
     method: str = "cem"
     temperature: float = 1.0  # MPPI: softmax temperature of the scores
     min_std: float = 0.05  # CEM: keeps the search from collapsing onto one sequence too early
-    uncertainty_penalty: float = 0.0  # per frame: reward - penalty x the model's uncertainty (nats)
 
 
 @dataclass
@@ -54,30 +46,19 @@ class PlanIteration:
 class PlanResult:
     actions: torch.Tensor  # [horizon, A] the final mean
     predicted_rewards: torch.Tensor  # [horizon] of ``actions``
-    score: float  # discounted sum of ``predicted_rewards`` (less the uncertainty penalty)
+    score: float  # discounted sum of ``predicted_rewards``
     imagined_frames: int
     iterations: list[PlanIteration] = field(default_factory=list)
-    predicted_uncertainty: torch.Tensor | None = None  # [horizon] of ``actions``, with a penalty
 
     def to_dict(self) -> dict:
         """JSON: what the gateway answers and the Triton model returns."""
-        out = {
+        return {
             "actions": self.actions.tolist(),
             "predicted_rewards": self.predicted_rewards.tolist(),
             "score": self.score,
             "imagined_frames": self.imagined_frames,
             "iterations": [{"best": i.best, "mean": i.mean} for i in self.iterations],
         }
-        if self.predicted_uncertainty is not None:
-            out["predicted_uncertainty"] = self.predicted_uncertainty.tolist()
-        return out
-
-
-class Imagined(Protocol):
-    """What ``imagine`` answers (the engine's ``ImagineResult``)."""
-
-    rewards: torch.Tensor  # [K, h]
-    uncertainty: torch.Tensor | None  # [K, h] when asked for
 
 
 def discounted_scores(rewards: torch.Tensor, discount: float) -> torch.Tensor:
@@ -90,9 +71,9 @@ def plan(
     spec: PlanSpec,
     action_low: torch.Tensor,
     action_high: torch.Tensor,
-    imagine: Callable[[torch.Tensor, bool], Imagined],
+    imagine_rewards: Callable[[torch.Tensor], torch.Tensor],
 ) -> PlanResult:
-    """Search ``spec.iterations`` populations; ``imagine([K, h, A], with_uncertainty)`` predicts their rewards.
+    """Search ``spec.iterations`` populations; ``imagine_rewards([K, h, A]) -> [K, h]``.
 
     Each population holds the current mean itself (so a refit can never lose the best
     sequence found so far for nothing) and ``population - 1`` samples around it, clipped to
@@ -108,20 +89,14 @@ def plan(
     mean = torch.minimum(torch.maximum(mean, low), high)
     std = torch.full((h, a_dim), spec.init_std, dtype=torch.float64)
     history: list[PlanIteration] = []
-    frames, penalised = 0, spec.uncertainty_penalty > 0
-
-    def score(seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        imagined = imagine(seqs.float(), penalised)
-        rewards, uncertainty = imagined.rewards, imagined.uncertainty
-        values = rewards if uncertainty is None else rewards - spec.uncertainty_penalty * uncertainty
-        return discounted_scores(values, spec.discount), rewards, uncertainty
-
+    frames = 0
     for _ in range(spec.iterations):
         noise = torch.randn(spec.population - 1, h, a_dim, generator=g, dtype=torch.float64)
         samples = torch.cat([mean[None], mean + std * noise])
         samples = torch.minimum(torch.maximum(samples, low), high)
-        scores = score(samples)[0]
+        rewards = imagine_rewards(samples.float())
         frames += spec.population * h
+        scores = discounted_scores(rewards, spec.discount)
         history.append(PlanIteration(float(scores.max()), float(scores.mean())))
         if spec.method == "cem":
             elite = samples[scores.topk(spec.elites or min(5, spec.population)).indices]
@@ -129,13 +104,12 @@ def plan(
         else:  # mppi: a score-weighted mean, the spread kept
             weights = torch.softmax((scores - scores.max()) / spec.temperature, 0)
             mean = (weights[:, None, None] * samples).sum(0)
-    final, rewards, uncertainty = score(mean[None])
+    rewards = imagine_rewards(mean[None].float())[0]
     frames += h
     return PlanResult(
         actions=mean.float(),
-        predicted_rewards=rewards[0].float(),
-        score=float(final[0]),
+        predicted_rewards=rewards.float(),
+        score=float(discounted_scores(rewards[None], spec.discount)[0]),
         imagined_frames=frames,
         iterations=history,
-        predicted_uncertainty=None if uncertainty is None else uncertainty[0].float(),
     )

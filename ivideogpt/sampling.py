@@ -27,13 +27,6 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
 
 
-def code_entropy(logits: torch.Tensor, allowed: tuple[int, int]) -> torch.Tensor:
-    """logits [B, V] -> the entropy (nats) [B] of the model's own distribution over the ids in
-    ``allowed``, at temperature 1 whatever the sampling: how sure the model is of the next code."""
-    logp = logits[:, allowed[0] : allowed[1]].float().log_softmax(dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
-
-
 def draw_uniforms(generators: list[torch.Generator]) -> torch.Tensor:
     """One U[0, 1) number per row, each from its row's generator."""
     return torch.cat([torch.rand(1, generator=g) for g in generators])

@@ -160,14 +160,12 @@ class WorldModelService(pb_grpc.WorldModelServicer):
         try:
             key = self._key(context)
             plan = await self.svc.plan(key, request.session_id, self._plan_settings(request))
-            uncertainty = plan.get("predicted_uncertainty")
             return pb.PlanResponse(
                 actions=tensor_out(np.asarray(plan["actions"], np.float32)),
                 predicted_rewards=tensor_out(np.asarray(plan["predicted_rewards"], np.float32)),
                 score=plan["score"],
                 imagined_frames=plan["imagined_frames"],
                 iterations=[pb.PlanIteration(**i) for i in plan["iterations"]],
-                predicted_uncertainty=None if uncertainty is None else tensor_out(np.asarray(uncertainty, np.float32)),
             )
         except SERVICE_ERRORS as err:
             await self._abort(context, err)

@@ -173,11 +173,6 @@ class PlanRequest(BaseModel):
     discount: FiniteFloat = Field(PlanSpec.discount, description="a sequence scores sum_t discount^t reward_t")
     method: Literal[METHODS] = Field(PlanSpec.method, description="cem: cross-entropy method; mppi: score-weighted")  # type: ignore[valid-type]
     temperature: FiniteFloat = Field(PlanSpec.temperature, description="MPPI: softmax temperature of the scores")
-    uncertainty_penalty: FiniteFloat = Field(
-        PlanSpec.uncertainty_penalty,
-        description="each imagined frame scores its reward less this times the model's uncertainty in it (the mean "
-        "entropy of its code distributions, nats; it rises where the model has seen little); 0: off",
-    )
 
 
 class PlanIteration(BaseModel):
@@ -203,9 +198,6 @@ class PlanResponse(BaseModel):
     score: float = Field(description="their discounted sum")
     imagined_frames: int = Field(description="frames imagined (rewards only) for this plan")
     iterations: list[PlanIteration]
-    predicted_uncertainty: list[float] | None = Field(
-        None, description="[horizon]: the model's uncertainty in those frames (with an uncertainty_penalty)"
-    )
 
 
 class ImagineRequest(BaseModel):

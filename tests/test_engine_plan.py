@@ -10,7 +10,7 @@ from conftest import small_config, small_model
 from ivideogpt.engine import EngineConfig, InvalidInput, RolloutEngine
 from ivideogpt.model import WorldModel
 from ivideogpt.planning import PlanSpec
-from ivideogpt.sampling import SamplingParams, code_entropy
+from ivideogpt.sampling import SamplingParams
 
 R = 32
 DIRECTION = torch.tensor([1.0, -1.0, 0.0])  # the toy model's reward grows along this action direction
@@ -97,39 +97,6 @@ def test_plan_is_seeded_and_leaves_the_session_unchanged(model: WorldModel) -> N
         eng.shutdown()
 
 
-def test_plan_uncertainty_is_the_models_code_entropy(model: WorldModel) -> None:
-    """With a penalty the plan reports, for its actions, each frame's mean entropy of the model's code
-    distributions: what one plain causal pass over the same tokens gives (greedy, so stepping a twin
-    session with those actions makes the same tokens). The penalty enters the score, not the rewards."""
-    eng = RolloutEngine(model, EngineConfig(cache_bytes=64 << 20))
-    try:
-        greedy = SamplingParams(greedy=True)
-        sid, twin = eng.open(context(5), greedy), eng.open(context(5), greedy)
-        spec = PlanSpec(horizon=3, population=8, iterations=1, elites=2, seed=2, uncertainty_penalty=0.5)
-        result = eng.plan(sid, spec)
-        plain = eng.plan(sid, dataclasses.replace(spec, uncertainty_penalty=0.0))
-        eng.step(twin, result.actions, return_frames=False)
-        hist = eng.history(twin)
-    finally:
-        eng.shutdown()
-    assert plain.predicted_uncertainty is None
-    lay = model.layout
-    ids = torch.cat(
-        [lay.context_sequence(torch.tensor(hist.context_ids)[None])[0]]
-        + [torch.tensor([lay.sdf_id, *s.tokens]) for s in hist.steps]
-    )[None]
-    with torch.no_grad():
-        logits, _ = model.transformer.forward_sequence(ids, lay, torch.cat([torch.zeros(1, 3), result.actions])[None])
-    allowed = (lay.future_offset, lay.future_offset + lay.future_codebook_size)
-    expected = torch.stack(
-        [code_entropy(logits[0, lay.sdf_position(i) :][: lay.future_tokens], allowed).mean() for i in range(3)]
-    )
-    assert result.predicted_uncertainty is not None and (result.predicted_uncertainty > 0).all()
-    torch.testing.assert_close(result.predicted_uncertainty, expected, atol=1e-4, rtol=1e-4)
-    penalised = result.predicted_rewards.double() - 0.5 * result.predicted_uncertainty.double()
-    assert result.score == pytest.approx(float((penalised * 0.9 ** torch.arange(3)).sum()), abs=1e-5)
-
-
 def test_plan_past_the_anchor_re_anchors_first_like_imagine(model: WorldModel) -> None:
     eng = RolloutEngine(small_model(max_positions=129 + 17 * 3), EngineConfig(cache_bytes=16 << 20))
     try:
@@ -158,7 +125,6 @@ def test_bad_plans_name_the_field(model: WorldModel) -> None:
             "action_high[0]": {"action_low": [0.5, -1, -1], "action_high": [0.5, 1, 1]},
             "action_high": {"action_high": [1.0, 1.0]},
             "seed": {"seed": -1},
-            "uncertainty_penalty": {"uncertainty_penalty": -1.0},
             "planner": {"planner": "cem"},
         }
         for field, settings in cases.items():

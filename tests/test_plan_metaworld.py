@@ -100,15 +100,14 @@ def test_quick_mode_plans_against_the_real_environment(gw: Gateway, tmp_path: Pa
 
 
 def test_same_seed_same_episode(gw: Gateway):
-    """The episode seeds fix the environment, the random policy and the planner (here one that pays for the
-    model's uncertainty: the quick run above plans without)."""
+    """The episode seeds fix the environment, the random policy and the planner."""
     plan = load_example()
     from ivideogpt_client import WorldModelClient
 
     from training.collect_metaworld import Renderer
 
     env = Renderer("button-press-topdown-v3", resolution=64, camera="corner")
-    settings = plan.PlanSettings(horizon=3, population=8, iterations=1, elites=2, uncertainty_penalty=2.0)
+    settings = plan.PlanSettings(horizon=3, population=8, iterations=1, elites=2)
     try:
         with WorldModelClient(gw.url) as client:
             runs = [

@@ -255,7 +255,6 @@ def test_plan_is_seeded_leaves_the_session_unchanged_and_is_bounded(gw: Gateway)
             ({"action_low": [-2, -1, -1, -1]}, "action_low[0]"),
             ({"horizon": 2, "init_mean": [[0, 0, 0, 0]]}, "init_mean"),
             ({"seed": -1}, "seed"),
-            ({"uncertainty_penalty": -0.5}, "uncertainty_penalty"),
             ({"horizons": 3}, "horizons"),
         ]
         for settings, field in limits:
@@ -277,7 +276,6 @@ def test_the_sdk_observes_and_plans_on_every_client(gw: Gateway, reference) -> N
         np.testing.assert_allclose(s.observe(SEEN[2], ACTS[2]), rewards[2:], rtol=1e-5, atol=1e-6)  # one frame
         assert s.step_index == 3
         plan = s.plan(**settings)
-        careful = s.plan(**settings, uncertainty_penalty=0.5)
         np.testing.assert_array_equal(s.step(NEXT)[0], frames)
         with pytest.raises(InvalidRequest) as e:
             s.plan(population=8, elites=9)
@@ -290,11 +288,6 @@ def test_the_sdk_observes_and_plans_on_every_client(gw: Gateway, reference) -> N
         with pytest.raises(Conflict):
             s.observe(SEEN[1:], ACTS[1:])
     assert plan.actions.shape == (3, 4) and plan.imagined_frames == 2 * 8 * 3 + 3
-    # the penalty reaches the engine: the model's uncertainty comes back and the score pays for it
-    assert plan.predicted_uncertainty is None and careful.predicted_uncertainty.shape == (3,)
-    assert (careful.predicted_uncertainty > 0).all()
-    penalised = careful.predicted_rewards.astype(np.float64) - 0.5 * careful.predicted_uncertainty
-    assert careful.score == pytest.approx(float((penalised * 0.9 ** np.arange(3)).sum()), abs=1e-4)
 
     with WorldModelClient(gw.url, transport="msgpack") as client, client.session(context(0), seed=3) as s:
         s.observe(SEEN, ACTS)
@@ -313,12 +306,9 @@ def test_the_sdk_observes_and_plans_on_every_client(gw: Gateway, reference) -> N
     with GrpcWorldModelClient(f"127.0.0.1:{gw.grpc_port}") as client, client.session(context(0), seed=3) as s:
         np.testing.assert_allclose(s.observe(SEEN, ACTS), rewards, rtol=1e-5, atol=1e-6)
         g_plan = s.plan(**settings)
-        g_careful = s.plan(**settings, uncertainty_penalty=0.5)
         assert s.step_index == 3
     np.testing.assert_allclose(g_plan.actions, plan.actions, atol=1e-6)
-    assert g_plan.iterations == plan.iterations and g_plan.predicted_uncertainty is None
-    np.testing.assert_allclose(g_careful.actions, careful.actions, atol=1e-6)
-    np.testing.assert_allclose(g_careful.predicted_uncertainty, careful.predicted_uncertainty, rtol=1e-6)
+    assert g_plan.iterations == plan.iterations
 
 
 def test_the_engine_reference_is_what_the_model_says(reference) -> None:

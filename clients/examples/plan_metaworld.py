@@ -54,7 +54,6 @@ class PlanSettings:
     init_std: float = 0.7
     discount: float = 0.9  # later imagined rewards are less reliable
     temperature: float = 0.1  # MPPI only
-    uncertainty_penalty: float = 0.0  # each imagined frame's reward less this x the model's uncertainty in it
 
 
 class Policy:
@@ -413,12 +412,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--iterations", type=int, default=PlanSettings.iterations, help="planner iterations")
     p.add_argument("--elites", type=int, default=PlanSettings.elites, help="CEM: sequences refitted to")
     p.add_argument("--temperature", type=float, default=PlanSettings.temperature, help="MPPI: of the scores")
-    p.add_argument(
-        "--uncertainty-penalty",
-        type=float,
-        default=PlanSettings.uncertainty_penalty,
-        help="score each imagined frame's reward less this times the model's uncertainty in it (nats; 0: off)",
-    )
     p.add_argument("--quick", action="store_true", help="2 seeds of 8 steps, population 16, horizon 4")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--gif", type=Path, default=None, help="write a planned episode here (.gif): the first success")
@@ -442,14 +435,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if a.quick:
         a.seeds, a.steps, a.population, a.horizon, a.iterations, a.elites = 2, 8, 16, 4, 2, 4
-    settings = PlanSettings(
-        a.horizon,
-        a.population,
-        a.iterations,
-        a.elites,
-        temperature=a.temperature,
-        uncertainty_penalty=a.uncertainty_penalty,
-    )
+    settings = PlanSettings(a.horizon, a.population, a.iterations, a.elites, temperature=a.temperature)
     names = a.policies.split(",")
 
     env = Renderer(a.task, resolution=64, camera="corner")

@@ -36,7 +36,6 @@ class StepBatch:
     sessions: list[SessionRow] = field(default_factory=list)
     forks: list[ForkGroup] = field(default_factory=list)
     sampling: list[SamplingGroup] = field(default_factory=list)
-    entropy: bool = False  # also each row's code entropy (a plan that penalises the model's uncertainty)
 
     @property
     def n_rows(self) -> int:
@@ -61,4 +60,3 @@ class StepOutput:
 
     tokens: torch.Tensor  # [B] sampled next token of the sampling rows (0 elsewhere)
     rewards: torch.Tensor | None  # [B] reward read at every row (meaningful after a frame's last token)
-    entropy: torch.Tensor | None = None  # [B] the code entropy of every row's next token, when the batch asks

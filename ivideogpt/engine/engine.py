@@ -221,15 +221,15 @@ class RolloutEngine:
         low, high = torch.tensor(spec.action_low), torch.tensor(spec.action_high)
         with session.lock:
             self._check_open(session)
-            return plan(spec, low, high, lambda seqs, unsure: self._imagine(session, seqs, False, unsure))
+            return plan(spec, low, high, lambda seqs: self._imagine(session, seqs, False).rewards)
 
     def _check_fits(self, horizon: int, field: str) -> None:
         max_positions = self.cfg.transformer.max_positions
         if self.layout.prelude_length + horizon * self.layout.frame_stride > max_positions:
             raise InvalidInput(field, f"horizon {horizon} does not fit the model's {max_positions} positions")
 
-    def _imagine(self, session: Session, seqs: torch.Tensor, pixels: bool, unsure: bool = False) -> ImagineResult:
-        """``seqs`` [K, h, A] imagined from ``session`` (locked by the caller); ``unsure``: with uncertainty."""
+    def _imagine(self, session: Session, seqs: torch.Tensor, return_frames: bool) -> ImagineResult:
+        """One batched imagine of ``seqs`` [K, h, A] from ``session`` (whose lock the caller holds)."""
         k, h = seqs.shape[:2]
         max_positions, stride = self.cfg.transformer.max_positions, h * self.layout.frame_stride
 
@@ -239,12 +239,12 @@ class RolloutEngine:
                 session.reanchor(self.runner)
             suffix = self.pool.allocate(k * stride)
             fork = ForkGroup(slice(0, k), session.table.start, session.length, suffix.start, stride, 0)
-            return Request(session, k, h, seqs, session.sampling, fork, suffix, return_frames=pixels, entropy=unsure)
+            return Request(session, k, h, seqs, session.sampling, fork, suffix, return_frames=return_frames)
 
         outputs = list(self._outputs(self.loop.run_exclusive(prepare)))
         rewards = torch.stack([o.rewards for o in outputs], dim=1) if self.cfg.transformer.reward_head else None
-        frames = torch.stack([o.frames for o in outputs], dim=1) if pixels else None
-        return ImagineResult(rewards, frames, torch.stack([o.uncertainty for o in outputs], dim=1) if unsure else None)
+        frames = torch.stack([o.frames for o in outputs], dim=1) if return_frames else None
+        return ImagineResult(rewards=rewards, frames=frames)
 
     def _outputs(self, request: Request) -> Iterator[FrameOutput]:
         """``request``'s frames as they come (``EngineLoop.outputs``); its session was used until it ended."""

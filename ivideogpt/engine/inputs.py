@@ -172,12 +172,6 @@ def _check_values(a: np.ndarray, limits: InputLimits, field: str) -> None:
         raise InvalidInput(element, f"{float(a[at]):g} is outside the model's action range [{low:g}, {high:g}]")
 
 
-def _finite(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidInput(name, f"{value!r}, expected a finite number")
-    return value
-
-
 def check_plan(spec: PlanSpec | dict, limits: InputLimits, action_range: tuple[float, float]) -> PlanSpec:
     """A plan's settings within the deployment's limits, its bounds within the model's ``action_range`` (their
     default): a checked copy with both bounds filled in. An error names the field."""
@@ -202,11 +196,11 @@ def check_plan(spec: PlanSpec | dict, limits: InputLimits, action_range: tuple[f
     if spec.method not in METHODS:
         raise InvalidInput("method", f"{spec.method!r}, expected one of {', '.join(METHODS)}")
     for name, most in (("init_std", None), ("discount", 1.0), ("temperature", None), ("min_std", None)):
-        value = _finite(getattr(spec, name), name)
+        value = getattr(spec, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidInput(name, f"{value!r}, expected a finite number")
         if value <= 0 or (most is not None and value > most):
             raise InvalidInput(name, f"{value:g}, expected > 0" + ("" if most is None else f" and <= {most:g}"))
-    if _finite(spec.uncertainty_penalty, "uncertainty_penalty") < 0:
-        raise InvalidInput("uncertainty_penalty", f"{spec.uncertainty_penalty:g}, expected >= 0")
     bounds = []
     for name, default in (("action_low", action_range[0]), ("action_high", action_range[1])):
         values = getattr(spec, name)

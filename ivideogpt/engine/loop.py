@@ -38,14 +38,12 @@ from ivideogpt.frames import frame_bytes
 
 @dataclass
 class FrameOutput:
-    """One frame of every row of a request: frames [K, 3, H, W] (when asked for), rewards [K], uncertainty [K]
-    (when asked for: ``FrameDone.uncertainty``)."""
+    """One frame of every row of a request: frames [K, 3, H, W] (when asked for), rewards [K]."""
 
     frame: int  # index in the request
     step_index: int  # the session's step index of this frame (a step's; an imagine's would-be index)
     frames: torch.Tensor | None
     rewards: torch.Tensor | None
-    uncertainty: torch.Tensor | None = None
 
 
 @dataclass
@@ -204,14 +202,14 @@ class EngineLoop:
         else:
             index = session.step_index + done.frame
         if not req.return_frames:
-            req.out.put(FrameOutput(done.frame, index, None, done.rewards, done.uncertainty))
+            req.out.put(FrameOutput(done.frame, index, None, done.rewards))
             return
         features = session.decoder_features
 
         def decode() -> None:
             try:
                 frames = self.runner.decode_frames(features, done.tokens)
-                req.out.put(FrameOutput(done.frame, index, frames, done.rewards, done.uncertainty))
+                req.out.put(FrameOutput(done.frame, index, frames, done.rewards))
             except BaseException as exc:  # raised to the caller; the request still runs to its end
                 req.out.put(exc)
 

@@ -37,7 +37,6 @@ class ObserveResult:
 class ImagineResult:
     rewards: torch.Tensor | None  # [K, h]
     frames: torch.Tensor | None  # [K, h, 3, H, W] when asked for
-    uncertainty: torch.Tensor | None = None  # [K, h] each frame's mean code entropy, when asked for (a plan's)
 
 
 def model_info(cfg: ModelConfig, layout: TokenLayout, config: EngineConfig) -> dict:

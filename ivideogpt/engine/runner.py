@@ -33,7 +33,7 @@ from ivideogpt.engine.transformer_steps import (
 )
 from ivideogpt.int8_linear import int8_transformer
 from ivideogpt.model import WorldModel
-from ivideogpt.sampling import code_entropy, draw_uniforms, sample_tokens
+from ivideogpt.sampling import draw_uniforms, sample_tokens
 from ivideogpt.tokens import TokenLayout
 from ivideogpt.transformer import AttentionMetadata, WorldModelTransformer
 
@@ -246,15 +246,13 @@ class ModelRunner:
         parts += [f.result() for f in futures]
         tokens = torch.cat([p[0] for p in parts])
         rewards = torch.cat([p[1] for p in parts]) if self.cfg.transformer.reward_head else None
-        entropy = torch.cat([p[2] for p in parts]) if batch.entropy else None
-        return StepOutput(tokens, rewards, entropy)
+        return StepOutput(tokens, rewards)
 
     @torch.inference_mode()  # also on a lane's thread, whose own grad mode would be on
     def _execute_rows(
         self, batch: StepBatch, uniforms: list[torch.Tensor | None], lo: int, hi: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Rows [lo, hi) of a token step -> their sampled tokens [hi - lo] (0 where a row does not sample), rewards,
-        code entropies (when the batch asks)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows [lo, hi) of a token step -> their sampled tokens [hi - lo] (0 where a row does not sample), rewards."""
         device = self.device
         sessions, forks = batch.rows_between(lo, hi)
         rows = slice(lo, hi)
@@ -276,4 +274,4 @@ class ModelRunner:
             else:
                 index = torch.tensor(local)
                 tokens[index] = sample_tokens(logits[index], group.params, u, allowed)
-        return tokens, rewards.cpu(), code_entropy(logits, allowed) if batch.entropy else None
+        return tokens, rewards.cpu()

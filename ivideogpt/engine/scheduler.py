@@ -47,7 +47,6 @@ class Request:
     given: torch.Tensor | None = None
     observed: torch.Tensor | None = None
     return_frames: bool = True
-    entropy: bool = False  # also each frame's mean code entropy (``FrameDone.uncertainty``)
     out: queue.Queue = field(default_factory=queue.Queue)  # what the caller receives (engine loop's FrameOutput, End)
     # progress, the scheduler's
     frame: int = 0
@@ -55,7 +54,6 @@ class Request:
     phase: int = 0  # 0: feeds the frame's sdf (+ action); p >= 1: feeds its token p - 1
     started: bool = False  # the current frame's generators and token buffer are set
     tokens: torch.Tensor | None = None  # [K, F] of the current frame
-    entropy_sum: torch.Tensor | None = None  # [K] the current frame's code entropies so far
     next_ids: torch.Tensor | None = None  # [K] the token each row feeds at the next step
     generators: list[torch.Generator] = field(default_factory=list)
 
@@ -77,14 +75,12 @@ class Request:
 
 @dataclass
 class FrameDone:
-    """A frame's tokens [K, F] and rewards [K] (None without a reward head) for every row of a request;
-    with ``Request.entropy`` the mean code entropy of its sampled tokens [K]."""
+    """A frame's tokens [K, F] and rewards [K] (None without a reward head) for every row of a request."""
 
     request: Request
     frame: int
     tokens: torch.Tensor
     rewards: torch.Tensor | None
-    uncertainty: torch.Tensor | None = None
 
 
 @dataclass
@@ -146,7 +142,6 @@ class Scheduler:
         seed = req.sampling.seed
         req.generators = [step_generator(seed, step, stream) for step, stream in req.streams]
         req.tokens = torch.empty(req.k, self.layout.future_tokens, dtype=torch.long)
-        req.entropy_sum = torch.zeros(req.k) if req.entropy else None
         req.phase, req.started = 0, True
 
     def _batch(self, requests: list[Request]) -> StepBatch:
@@ -181,8 +176,7 @@ class Scheduler:
         self.batch_rows_peak = max(self.batch_rows_peak, row)
         self.token_steps += 1
         self.token_rows += row
-        entropy = any(req.entropy for req in requests)
-        return StepBatch(_cat(ids), _cat(actions), _cat(with_action), sessions, forks, sampling, entropy)
+        return StepBatch(_cat(ids), _cat(actions), _cat(with_action), sessions, forks, sampling)
 
     def update(self, scheduled: Scheduled, output: StepOutput) -> list[FrameDone | Finished]:
         """Advance every request of the step by its output; the frames and requests it finished."""
@@ -195,15 +189,12 @@ class Scheduler:
             if req.phase < self.layout.future_tokens:
                 token = output.tokens[rows] if req.given is None else req.given[:, req.frame, req.phase]
                 req.tokens[:, req.phase] = token
-                if req.entropy_sum is not None and output.entropy is not None:
-                    req.entropy_sum += output.entropy[rows]
                 req.next_ids = token
                 req.phase += 1
                 continue
             # this step fed the frame's last token: its hidden state gave the reward
             rewards = output.rewards[rows] if self.reward_head and output.rewards is not None else None
-            uncertainty = None if req.entropy_sum is None else req.entropy_sum / self.layout.future_tokens
-            events.append(FrameDone(req, req.frame, req.tokens, rewards, uncertainty))
+            events.append(FrameDone(req, req.frame, req.tokens, rewards))
             req.frame += 1
             req.started = False
             if req.frame >= req.horizon:

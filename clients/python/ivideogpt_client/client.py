@@ -62,9 +62,7 @@ class Session:
         each iteration one batched imagine of rewards): ``horizon``, ``population``, ``iterations``,
         ``elites``, ``seed``, ``init_std``, ``init_mean`` [horizon, action_dim] (a warm start),
         ``action_low`` / ``action_high`` [action_dim], ``discount``, ``method`` ("cem", "mppi"),
-        ``temperature`` (MPPI), ``uncertainty_penalty`` (each imagined frame's reward less this times the
-        model's uncertainty in it: steers the search off what the model has not seen); those left out take the
-        gateway's defaults (docs/API.md)."""
+        ``temperature`` (MPPI); those left out take the gateway's defaults (docs/API.md)."""
         rest = self.client.rest
         return rest.plan_result(self.client._send(rest.plan(self.id, settings)))
 

@@ -103,10 +103,7 @@ class GrpcSession:
             fields["init_mean"] = tensor(np.asarray(fields["init_mean"], np.float32))
         out = self.client._call("Plan", pb.PlanRequest(session_id=self.id, **fields))
         iterations = [{"best": i.best, "mean": i.mean} for i in out.iterations]
-        uncertainty = array(out.predicted_uncertainty) if out.HasField("predicted_uncertainty") else None
-        return Plan(
-            array(out.actions), array(out.predicted_rewards), out.score, out.imagined_frames, iterations, uncertainty
-        )
+        return Plan(array(out.actions), array(out.predicted_rewards), out.score, out.imagined_frames, iterations)
 
     def imagine(self, action_sequences: Any, return_frames: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """float32 [K, h, action_dim] -> rewards [K, h] (or (rewards, frames [K, h, H, W, 3]))."""

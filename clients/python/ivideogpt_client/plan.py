@@ -10,7 +10,7 @@ import numpy as np
 # the gateway's plan settings (docs/API.md, "plan"); the ones a caller leaves out take the gateway's defaults
 SETTINGS = (
     "horizon", "population", "iterations", "elites", "seed", "init_std", "init_mean", "action_low", "action_high",
-    "discount", "method", "temperature", "uncertainty_penalty",
+    "discount", "method", "temperature",
 )  # fmt: skip
 ARRAYS = ("init_mean", "action_low", "action_high")
 
@@ -22,19 +22,15 @@ class Plan:
     score: float  # their discounted sum
     imagined_frames: int  # frames the gateway imagined (rewards only) for this plan
     iterations: list[dict] = field(default_factory=list)  # per iteration {"best", "mean"} of the scores
-    # float32 [horizon]: the model's uncertainty in those frames (asked for with an uncertainty_penalty)
-    predicted_uncertainty: np.ndarray | None = None
 
     @classmethod
     def from_json(cls, body: dict) -> Plan:
-        uncertainty = body.get("predicted_uncertainty")
         return cls(
             np.asarray(body["actions"], np.float32),
             np.asarray(body["predicted_rewards"], np.float32),
             float(body["score"]),
             int(body["imagined_frames"]),
             list(body["iterations"]),
-            None if uncertainty is None else np.asarray(uncertainty, np.float32),
         )
 
 

@@ -149,7 +149,7 @@ class ObserveResponse(_message.Message):
     def __init__(self, rewards: _Optional[_Union[Tensor, _Mapping]] = ..., step_index: _Optional[int] = ...) -> None: ...
 
 class PlanRequest(_message.Message):
-    __slots__ = ("session_id", "horizon", "population", "iterations", "elites", "seed", "init_std", "init_mean", "action_low", "action_high", "discount", "method", "temperature", "uncertainty_penalty")
+    __slots__ = ("session_id", "horizon", "population", "iterations", "elites", "seed", "init_std", "init_mean", "action_low", "action_high", "discount", "method", "temperature")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HORIZON_FIELD_NUMBER: _ClassVar[int]
     POPULATION_FIELD_NUMBER: _ClassVar[int]
@@ -163,7 +163,6 @@ class PlanRequest(_message.Message):
     DISCOUNT_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
-    UNCERTAINTY_PENALTY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     horizon: int
     population: int
@@ -177,8 +176,7 @@ class PlanRequest(_message.Message):
     discount: float
     method: str
     temperature: float
-    uncertainty_penalty: float
-    def __init__(self, session_id: _Optional[str] = ..., horizon: _Optional[int] = ..., population: _Optional[int] = ..., iterations: _Optional[int] = ..., elites: _Optional[int] = ..., seed: _Optional[int] = ..., init_std: _Optional[float] = ..., init_mean: _Optional[_Union[Tensor, _Mapping]] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., discount: _Optional[float] = ..., method: _Optional[str] = ..., temperature: _Optional[float] = ..., uncertainty_penalty: _Optional[float] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., horizon: _Optional[int] = ..., population: _Optional[int] = ..., iterations: _Optional[int] = ..., elites: _Optional[int] = ..., seed: _Optional[int] = ..., init_std: _Optional[float] = ..., init_mean: _Optional[_Union[Tensor, _Mapping]] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., discount: _Optional[float] = ..., method: _Optional[str] = ..., temperature: _Optional[float] = ...) -> None: ...
 
 class PlanIteration(_message.Message):
     __slots__ = ("best", "mean")
@@ -189,20 +187,18 @@ class PlanIteration(_message.Message):
     def __init__(self, best: _Optional[float] = ..., mean: _Optional[float] = ...) -> None: ...
 
 class PlanResponse(_message.Message):
-    __slots__ = ("actions", "predicted_rewards", "score", "imagined_frames", "iterations", "predicted_uncertainty")
+    __slots__ = ("actions", "predicted_rewards", "score", "imagined_frames", "iterations")
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_REWARDS_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     IMAGINED_FRAMES_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
-    PREDICTED_UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
     actions: Tensor
     predicted_rewards: Tensor
     score: float
     imagined_frames: int
     iterations: _containers.RepeatedCompositeFieldContainer[PlanIteration]
-    predicted_uncertainty: Tensor
-    def __init__(self, actions: _Optional[_Union[Tensor, _Mapping]] = ..., predicted_rewards: _Optional[_Union[Tensor, _Mapping]] = ..., score: _Optional[float] = ..., imagined_frames: _Optional[int] = ..., iterations: _Optional[_Iterable[_Union[PlanIteration, _Mapping]]] = ..., predicted_uncertainty: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    def __init__(self, actions: _Optional[_Union[Tensor, _Mapping]] = ..., predicted_rewards: _Optional[_Union[Tensor, _Mapping]] = ..., score: _Optional[float] = ..., imagined_frames: _Optional[int] = ..., iterations: _Optional[_Iterable[_Union[PlanIteration, _Mapping]]] = ...) -> None: ...
 
 class ImagineRequest(_message.Message):
     __slots__ = ("session_id", "action_sequences", "return_frames")
