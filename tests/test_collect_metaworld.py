@@ -9,7 +9,15 @@ import json
 import numpy as np
 import pytest
 
-from training.collect_metaworld import NEARMISS_OFFSET_M, POLICY_CYCLE, collect, nearmiss_offset
+from training.collect_metaworld import (
+    NEARMISS_OFFSET_M,
+    POLICY_CYCLE,
+    WORKSPACE_ABOVE_M,
+    WORKSPACE_REACH_M,
+    collect,
+    nearmiss_offset,
+    workspace_target,
+)
 from training.data import load_episodes
 
 STEPS = 6
@@ -124,3 +132,27 @@ def test_nearmiss3d_aims_in_every_direction(tmp_path):
     assert [s["policy"] for s in manifest["shards"]] == ["nearmiss3d"] * 4
     episodes = load_episodes(tmp_path)
     assert np.median([e.rewards[-5:].mean() for e in episodes]) < 8
+
+
+def test_workspace_visits_the_box_around_the_object(tmp_path):
+    """workspace targets fill the box around the object, table to above it, within the hand's
+    reach; its episodes move the hand there and mostly earn less than a press."""
+    obs = np.zeros(39)
+    obs[4:7] = [0.05, 0.85, 0.2]
+    low, high = np.array([-0.5, 0.4, 0.05]), np.array([0.5, 1.0, 0.5])
+    rng = np.random.default_rng(0)
+    targets = np.stack([workspace_target(obs, low, high, rng) for _ in range(500)])
+    assert np.all(np.abs(targets[:, :2] - obs[4:6]) <= WORKSPACE_REACH_M)
+    assert np.all((targets[:, 2] >= low[2]) & (targets[:, 2] <= obs[6] + WORKSPACE_ABOVE_M))
+    assert targets[:, 1].max() == high[1]  # clipped to the reach
+    assert (targets[:, 2] < 0.1).sum() > 50 and (targets[:, 2] > 0.3).sum() > 50  # table to above
+    task = "button-press-topdown-v3"
+    manifest = collect(
+        tmp_path, tasks=(task,), episodes=3, steps=40, seed=3, workers=1, progress=False, policies=("workspace",)
+    )
+    assert [s["policy"] for s in manifest["shards"]] == ["workspace"] * 3
+    episodes = load_episodes(tmp_path)
+    for e in episodes:
+        assert len(set(e.actions[:-1, 3].tolist())) >= 3  # a new target (and grip) every 8-16 steps
+        assert np.abs(np.diff(e.frames.astype(float), axis=0)).mean() > 0.5  # the arm moves
+    assert np.median([e.rewards.sum() for e in episodes]) < 200

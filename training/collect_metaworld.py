@@ -38,7 +38,7 @@ DEFAULT_TASKS = (
 )
 # policy of episode i is policies[i % len(policies)]; the default: 40% expert, 40% noisy, 20% random
 POLICY_CYCLE = ("expert", "noisy", "random", "expert", "noisy")
-POLICIES = ("expert", "noisy", "random", "nearmiss", "nearmiss3d")
+POLICIES = ("expert", "noisy", "random", "nearmiss", "nearmiss3d", "workspace")
 # nearmiss: the expert aims at the task's object and goal shifted by NEARMISS_OFFSET_M (a random
 # horizontal direction), so the hand ends beside the object (the low rewards a planner must tell
 # from a success); with probability NEARMISS_RETARGET_P it turns to the true target after a random step.
@@ -47,6 +47,14 @@ POLICIES = ("expert", "noisy", "random", "nearmiss", "nearmiss3d")
 NEARMISS_OFFSET_M = (0.03, 0.2)
 NEARMISS_RETARGET_P = 0.5
 NEARMISS_NOISE_STD = 0.1
+# workspace: the hand visits points drawn uniformly in a box around the object (WORKSPACE_REACH_M to
+# each side, from the table to WORKSPACE_ABOVE_M above it), each for WORKSPACE_HOLD steps, so the
+# states a planner can reach from the object's neighbourhood, corners and table included, are in
+# the data with their true rewards
+WORKSPACE_REACH_M = 0.25
+WORKSPACE_ABOVE_M = 0.2
+WORKSPACE_HOLD = (8, 17)
+WORKSPACE_GAIN = 10.0
 CONVENTIONS = "frames[t] obs at step t; actions[t] taken at frame t; rewards[t] received entering frame t"
 
 
@@ -125,6 +133,14 @@ def nearmiss_offset(policy: str, rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(*NEARMISS_OFFSET_M) * direction / np.linalg.norm(direction)
 
 
+def workspace_target(obs: np.ndarray, low: np.ndarray, high: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A point for the hand to visit: uniform in a box around the object (``obs[4:7]``), within the hand's reach."""
+    obj = obs[4:7]
+    box_low = np.array([obj[0] - WORKSPACE_REACH_M, obj[1] - WORKSPACE_REACH_M, low[2]])
+    box_high = np.array([obj[0] + WORKSPACE_REACH_M, obj[1] + WORKSPACE_REACH_M, obj[2] + WORKSPACE_ABOVE_M])
+    return np.clip(rng.uniform(box_low, box_high), low, high)
+
+
 def run_episode(spec: EpisodeSpec) -> dict[str, np.ndarray]:
     """One episode -> the shard's arrays."""
     import warnings
@@ -148,9 +164,16 @@ def run_episode(spec: EpisodeSpec) -> dict[str, np.ndarray]:
 
     frames = [r.frame()]
     actions, rewards, success = [], [0.0], False
+    target, grip, switch_at = None, 0.0, 0
     for t in range(spec.steps):
         if spec.policy == "random":
             action = rng.uniform(-1, 1, size=4)
+        elif spec.policy == "workspace":
+            if t == switch_at:
+                target = workspace_target(obs, r.env.hand_low, r.env.hand_high, rng)
+                grip, switch_at = rng.uniform(-1, 1), t + int(rng.integers(*WORKSPACE_HOLD))
+            move = WORKSPACE_GAIN * (target - obs[:3]) + rng.normal(0, NEARMISS_NOISE_STD, size=3)
+            action = np.append(move, grip)
         else:
             seen = obs
             if near_miss and (retarget_at is None or t < retarget_at):
