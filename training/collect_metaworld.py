@@ -55,6 +55,7 @@ WORKSPACE_REACH_M = 0.25
 WORKSPACE_ABOVE_M = 0.2
 WORKSPACE_HOLD = (8, 17)
 WORKSPACE_GAIN = 10.0
+WORKSPACE_NOISE_STD = 0.1
 CONVENTIONS = "frames[t] obs at step t; actions[t] taken at frame t; rewards[t] received entering frame t"
 
 
@@ -172,7 +173,7 @@ def run_episode(spec: EpisodeSpec) -> dict[str, np.ndarray]:
             if t == switch_at:
                 target = workspace_target(obs, r.env.hand_low, r.env.hand_high, rng)
                 grip, switch_at = rng.uniform(-1, 1), t + int(rng.integers(*WORKSPACE_HOLD))
-            move = WORKSPACE_GAIN * (target - obs[:3]) + rng.normal(0, NEARMISS_NOISE_STD, size=3)
+            move = WORKSPACE_GAIN * (target - obs[:3]) + rng.normal(0, WORKSPACE_NOISE_STD, size=3)
             action = np.append(move, grip)
         else:
             seen = obs
