@@ -161,7 +161,8 @@ class PlanRequest(BaseModel):
     population: int = Field(PlanSpec.population, description="sequences per iteration (K of one imagine)")
     iterations: int = Field(PlanSpec.iterations, description="refits; population x horizon x iterations is bounded")
     elites: int | None = Field(
-        PlanSpec.elites, description="CEM: the sequences the distribution is refitted to (default: min(5, population))"
+        PlanSpec.elites,
+        description="CEM, iCEM: the sequences the distribution is refitted to (default: min(5, population))",
     )
     seed: int = Field(PlanSpec.seed, description="the planner's random numbers: same seed, same session, same plan")
     init_std: FiniteFloat = Field(PlanSpec.init_std, description="the first population's spread (> 0)")
@@ -171,7 +172,11 @@ class PlanRequest(BaseModel):
     action_low: list[FiniteFloat] | None = Field(None, description="[action_dim]; default: the model's action_low")
     action_high: list[FiniteFloat] | None = Field(None, description="[action_dim]; default: the model's action_high")
     discount: FiniteFloat = Field(PlanSpec.discount, description="a sequence scores sum_t discount^t reward_t")
-    method: Literal[METHODS] = Field(PlanSpec.method, description="cem: cross-entropy method; mppi: score-weighted")  # type: ignore[valid-type]
+    method: Literal[METHODS] = Field(  # type: ignore[valid-type]
+        PlanSpec.method,
+        description="cem: cross-entropy method; icem: CEM that keeps its elites and answers the best sequence;"
+        " mppi: score-weighted",
+    )
     temperature: FiniteFloat = Field(PlanSpec.temperature, description="MPPI: softmax temperature of the scores")
 
 

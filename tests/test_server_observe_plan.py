@@ -229,14 +229,18 @@ def test_plan_is_seeded_leaves_the_session_unchanged_and_is_bounded(gw: Gateway)
         assert c.post(f"/v1/sessions/{sid}/plan", json=body).json() == plan  # the same seed, the same plan
         mppi = c.post(f"/v1/sessions/{sid}/plan", json={**body, "method": "mppi", "temperature": 0.5}).json()
         assert mppi["actions"] != plan["actions"]
+        # iCEM answers the best sequence it imagined: no final imagine, a score no iteration beat
+        icem = c.post(f"/v1/sessions/{sid}/plan", json={**body, "method": "icem"}).json()
+        assert icem["imagined_frames"] == 2 * 16 * 4
+        assert icem["score"] == max(it["best"] for it in icem["iterations"])
         other = c.post(f"/v1/sessions/{sid}/plan", json={**body, "seed": 12}).json()
         assert other["actions"] != plan["actions"]
         after = metric_values(c)
         assert (
-            after["ivideogpt_plan_latency_seconds_count"] - before.get("ivideogpt_plan_latency_seconds_count", 0) == 4
+            after["ivideogpt_plan_latency_seconds_count"] - before.get("ivideogpt_plan_latency_seconds_count", 0) == 5
         )
         imagined = after["ivideogpt_plan_imagined_frames_total"] - before.get("ivideogpt_plan_imagined_frames_total", 0)
-        assert imagined == 4 * plan["imagined_frames"]
+        assert imagined == 4 * plan["imagined_frames"] + icem["imagined_frames"]
         assert after["ivideogpt_frames_observed_total"] >= 2
 
         # the session is where it was: it steps like its twin, which never planned

@@ -40,7 +40,7 @@ from ivideogpt_client.video import write_video
 from training.collect_metaworld import CONVENTIONS, Renderer, save_shard, shard_entry, targets_shifted
 
 ACTION_REPEAT = 2  # as in the training data: rewards are summed over the repeated env steps
-PLANNERS = ("cem", "mppi")
+PLANNERS = ("cem", "icem", "mppi")
 
 
 @dataclass(frozen=True)
@@ -223,6 +223,7 @@ def check_model(
     seed: int,
     steps: int,
     beside_cm: float = 7.0,
+    method: str = "cem",
 ) -> dict:
     """Where the planner's failure lies, on one expert episode replayed through a session.
 
@@ -241,7 +242,7 @@ def check_model(
     with client.session(np.stack(expert.frames[:2]), seed=seed, greedy=True) as session:
         mean = None
         for t in range(steps - 1):
-            plan = session.plan(**asdict(settings), method="cem", seed=seed, init_mean=mean)
+            plan = session.plan(**asdict(settings), method=method, seed=seed, init_mean=mean)
             mean = np.concatenate([plan.actions[1:], plan.actions[-1:]])
             ahead = actions[t : t + settings.horizon]
             ahead = np.concatenate([ahead, np.repeat(ahead[-1:], settings.horizon - len(ahead), 0)])
@@ -406,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, default=10, help="episodes per policy (seeds first-seed ... + N - 1)")
     p.add_argument("--first-seed", type=int, default=0, help="the first episode's seed, for every policy")
     p.add_argument("--steps", type=int, default=50, help="agent steps per episode (the training episodes' length)")
-    p.add_argument("--policies", default="cem,random,expert", help="comma-separated: cem, mppi, random, expert")
+    p.add_argument("--policies", default="cem,random,expert", help="comma-separated: cem, icem, mppi, random, expert")
     p.add_argument("--horizon", type=int, default=PlanSettings.horizon, help="actions per planned sequence")
     p.add_argument("--population", type=int, default=PlanSettings.population, help="sequences per iteration")
     p.add_argument("--iterations", type=int, default=PlanSettings.iterations, help="planner iterations")
@@ -424,7 +425,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--check-model",
         action="store_true",
-        help="instead of the policies: replay the expert's episodes and measure where planning fails (model or search)",
+        help="instead of the policies: replay the expert's episodes and measure where planning fails (model or search)"
+        " for the first planner in --policies",
     )
     p.add_argument(
         "--beside-cm",
@@ -445,13 +447,15 @@ def main(argv: list[str] | None = None) -> dict:
         size = client.model()["image_size"]
         assert size == 64, f"the served model takes {size}x{size} frames; this example renders 64x64"
         if a.check_model:
+            method = next((name for name in names if name in PLANNERS), "cem")
             checks = {
-                str(seed): check_model(env, client, settings, a.task, seed, a.steps, a.beside_cm) for seed in seeds
+                str(seed): check_model(env, client, settings, a.task, seed, a.steps, a.beside_cm, method)
+                for seed in seeds
             }
             for seed, c in checks.items():
                 figures = ", ".join(f"{k} {v:.3f}" for k, v in c.items() if k != "per_step")
                 print(f"seed {seed}: {figures}", flush=True)
-            result = {"task": a.task, "planner": asdict(settings), "model_check": checks}
+            result = {"task": a.task, "planner": {**asdict(settings), "method": method}, "model_check": checks}
             if a.json:
                 a.json.write_text(json.dumps(result, indent=1) + "\n")
             return result

@@ -3,7 +3,7 @@
     ivideogpt serve [--host H] [--port P] [--grpc-port G]        # the gateway (python -m server)
     ivideogpt models [--url U]
     ivideogpt rollout [--url U] [--context F ...] [--actions A.npy|.csv] [--steps N] [--seed S] [--out rollout.gif]
-    ivideogpt plan [--url U] [--context F ...] [--horizon H] [--population K] [--iterations N] [--method cem|mppi]
+    ivideogpt plan [--url U] [--context F ...] [--horizon H] [--population K] [--iterations N] [--method cem|icem|mppi]
     ivideogpt bench [--url U] [--sessions N] [--steps H] [--imagine K] [--requests R] [--duration S]
 
 ``--url`` defaults to ``$IVIDEOGPT_URL`` (else http://127.0.0.1:8000), ``--api-key`` to ``$IVIDEOGPT_API_KEY``.
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--population", type=int, help="sequences per iteration")
     p.add_argument("--iterations", type=int, help="refits of the proposal")
     p.add_argument("--elites", type=int, help="CEM: sequences the proposal is refitted to")
-    p.add_argument("--method", choices=("cem", "mppi"), help="cross-entropy method (default) or MPPI")
+    p.add_argument("--method", choices=("cem", "icem", "mppi"), help="cross-entropy method (default), iCEM or MPPI")
     p.add_argument("--init-std", type=float, help="the first population's spread")
     p.add_argument("--discount", type=float, help="a sequence scores sum_t discount^t reward_t")
     p.add_argument("--seed", type=int, default=0, help="the planner's and the session's seed")

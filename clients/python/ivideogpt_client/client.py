@@ -61,7 +61,7 @@ class Session:
         """The best action sequence from the current state, the session unchanged (CEM or MPPI on the gateway,
         each iteration one batched imagine of rewards): ``horizon``, ``population``, ``iterations``,
         ``elites``, ``seed``, ``init_std``, ``init_mean`` [horizon, action_dim] (a warm start),
-        ``action_low`` / ``action_high`` [action_dim], ``discount``, ``method`` ("cem", "mppi"),
+        ``action_low`` / ``action_high`` [action_dim], ``discount``, ``method`` ("cem", "icem", "mppi"),
         ``temperature`` (MPPI); those left out take the gateway's defaults (docs/API.md)."""
         rest = self.client.rest
         return rest.plan_result(self.client._send(rest.plan(self.id, settings)))
