@@ -58,7 +58,7 @@ class Session:
         return out.rewards
 
     def plan(self, **settings: Any) -> Plan:
-        """The best action sequence from the current state, the session unchanged (CEM or MPPI on the gateway,
+        """The best action sequence from the current state, the session unchanged (CEM, iCEM or MPPI on the gateway,
         each iteration one batched imagine of rewards): ``horizon``, ``population``, ``iterations``,
         ``elites``, ``seed``, ``init_std``, ``init_mean`` [horizon, action_dim] (a warm start),
         ``action_low`` / ``action_high`` [action_dim], ``discount``, ``method`` ("cem", "icem", "mppi"),
