@@ -111,17 +111,17 @@ def plan(
         frames += spec.population * h
         scores = discounted_scores(rewards, spec.discount)
         history.append(PlanIteration(float(scores.max()), float(scores.mean())))
-        top = int(scores.argmax())
-        if best is None or float(scores[top]) > best[0]:
-            best = (float(scores[top]), samples[top], rewards[top])
         if spec.method in ("cem", "icem"):
             elite = samples[scores.topk(n_elites).indices]
             mean, std = elite.mean(0), elite.std(0, unbiased=False).clamp_min(spec.min_std)
-            if spec.method == "icem":
-                kept = elite[: math.ceil(ICEM_KEEP_FRACTION * n_elites)]
         else:  # mppi: a score-weighted mean, the spread kept
             weights = torch.softmax((scores - scores.max()) / spec.temperature, 0)
             mean = (weights[:, None, None] * samples).sum(0)
+        if spec.method == "icem":
+            kept = elite[: math.ceil(ICEM_KEEP_FRACTION * n_elites)]
+            top = int(scores.argmax())
+            if best is None or float(scores[top]) > best[0]:
+                best = (float(scores[top]), samples[top], rewards[top])
     if spec.method == "icem" and best is not None:
         score, actions, rewards = best
     else:
